@@ -1,0 +1,39 @@
+# Two commands on a fresh machine (see README "Quick start"):
+#   make demo   - the whole chain on generated data on a local Ray (minutes on 2 CPU cores)
+#   make test   - the test suite
+# Both create .venv idempotently (re-installed when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export OMP_NUM_THREADS ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_DATA_DISABLE_PROGRESS_BARS := 1
+
+.PHONY: venv demo test test-fast bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch/torchvision first and with pip (not uv): on our machines pip takes them from local files
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m jobs.demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
+
+bench: venv
+	$(BIN)/python -m jobs.benchmark step
+
+clean-venv:
+	rm -rf $(VENV)

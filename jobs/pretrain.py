@@ -1,0 +1,60 @@
+"""Pre-train a robust encoder (CL / ACL / DynACL / AIR, optionally with RCS) on Ray Train.
+
+In-process on a local Ray (started automatically):
+
+    python -m jobs.pretrain --config jobs/configs/demo.yaml --data.manifest=/tmp/gen/train
+
+On a cluster (or a local head started with cluster/local_up.sh):
+
+    ray job submit --working-dir . -- python -m jobs.pretrain \
+        --config jobs/configs/imagenet32_wrn_acl.yaml --data.manifest=s3://bucket/in32-train \
+        --run.storage_path=s3://bucket/runs --num-workers 8 --use-gpu
+
+Any config key can be overridden with a dotted flag (``--rcs.fraction=0.05``); unknown keys and
+wrong types are rejected. Re-running the same command continues from the newest checkpoint;
+a finished run is never overwritten. Artefacts: <storage_path>/<run name>/{config.yaml,
+metrics.jsonl, progress.json, summary.json, encoder.pt, epoch_XXXXX/ checkpoints}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import ConfigError, PretrainConfig, dump_yaml, load_config
+
+
+def parse(argv: list[str]) -> PretrainConfig:
+    p = argparse.ArgumentParser(prog="python -m jobs.pretrain", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML file (jobs/configs/*.yaml)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (0 = in-process local mode)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args, overrides = p.parse_known_args(argv)
+    if args.num_workers is not None:
+        overrides.append(f"--scaling.num_workers={args.num_workers}")
+    if args.use_gpu:
+        overrides += ["--scaling.use_gpu=true"]
+    cfg = load_config(PretrainConfig, args.config, overrides)
+    if args.print_config:
+        print(dump_yaml(cfg))
+        sys.exit(0)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from pipeline.train.driver import run_pretrain  # heavy imports after argument checks
+
+    res = run_pretrain(cfg)
+    print(f"encoder: {res.encoder_path}")
+    print(f"run dir: {res.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Ray Data over the parquet shards written by :mod:`pipeline.data.shards` (worker layer).
+
+Rows: ``image`` uint8 **(3, H, W)** (channels first, so ``iter_torch_batches`` yields the
+trainer's uint8 (B, 3, H, W) tensors with no further transpose), ``label`` int64, ``index``
+int64 (global, stable). ``layout="hwc"`` gives (H, W, 3) instead.
+
+Per-epoch shuffling (why not ``random_shuffle`` or a big ``local_shuffle_buffer_size``: a
+global shuffle moves every image through the object store each epoch, and large local buffers
+halve throughput, Ray issue #42317). Instead ``read_dataset(..., shuffle_seed=s, epoch=e)``
+builds a lazily-read dataset whose order is randomised three ways, all seeded by ``(s, e)``:
+1. the shard file order is permuted;
+2. ``randomize_block_order`` permutes the blocks (parquet row groups) across files;
+3. rows are permuted inside each block in the decode ``map_batches`` (the block is already in
+   memory, so this is free).
+Call it once per epoch (like the authors' per-epoch loader rebuild, spec §2.1); a consumer may
+add a *small* ``local_shuffle_buffer_size`` (about one batch) to mix neighbouring blocks.
+
+Only this module (in ``pipeline/data``) imports Ray. Ray lines carry numbered comments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from pipeline.data import shards as _shards
+from pipeline.data.shards import Manifest, binary_to_images, read_manifest
+from pipeline.data.storage import DataError, resolve, wrap_os_error
+
+Layout = Literal["chw", "hwc"]
+
+
+def _seed_for(seed: int, epoch: int, salt: int = 0) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(salt)])
+
+
+def decode_batch(batch: pa.Table, *, image_shape: Sequence[int], layout: Layout = "chw",
+                 shuffle_seed: Optional[int] = None, epoch: int = 0) -> dict[str, np.ndarray]:
+    """Decode a pyarrow batch of raw rows into numpy columns for training.
+
+    ``image`` binary (raw HWC bytes) -> uint8 (B, 3, H, W) (or (B, H, W, 3) for ``"hwc"``);
+    ``label``/``index`` -> int64 (B,). With ``shuffle_seed`` the rows are permuted with a
+    generator seeded by (seed, epoch, first index of the batch), so it is reproducible.
+    """
+    images = binary_to_images(batch.column("image"), tuple(image_shape), "ray batch")
+    labels = batch.column("label").to_numpy()
+    index = batch.column("index").to_numpy()
+    if shuffle_seed is not None and len(index):
+        perm = _seed_for(shuffle_seed, epoch, int(index[0])).permutation(len(index))
+        images, labels, index = images[perm], labels[perm], index[perm]
+    if layout == "chw":
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    elif layout != "hwc":
+        raise ValueError(f"layout must be 'chw' or 'hwc', got {layout!r}")
+    return {"image": images, "label": np.asarray(labels, np.int64),
+            "index": np.asarray(index, np.int64)}
+
+
+def _filter_index(batch: pa.Table, *, selected: Any) -> pa.Table:
+    """Keep rows whose ``index`` is in the sorted int64 array ``selected`` (binary search)."""
+    if isinstance(selected, ray.ObjectRef):
+        selected = ray.get(selected)  # [1] zero-copy read of the shared index array
+    idx = batch.column("index").to_numpy()
+    if len(selected) == 0:
+        return batch.slice(0, 0)
+    pos = np.searchsorted(selected, idx).clip(max=len(selected) - 1)
+    mask = selected[pos] == idx
+    return batch.filter(pa.array(mask))
+
+
+def _sorted_unique(indices: Union[Sequence[int], np.ndarray]) -> np.ndarray:
+    return np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+
+
+def _check_shard_footers(m: Manifest, fs: Any, paths: list[str]) -> None:
+    """Read only each shard's parquet footer (one small request) to fail early and clearly."""
+    want = {f.name: f.type for f in _shards.SCHEMA}
+    for shard, path in zip(m.shards, paths):
+        uri = m.shard_uri(shard)
+        try:
+            with fs.open_input_file(path) as f:
+                meta = pq.read_metadata(f)
+        except FileNotFoundError:
+            raise DataError(f"{uri}: shard listed in the manifest is missing") from None
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{uri}: not a readable parquet file (truncated or corrupt: {e})") \
+                from None
+        except OSError as e:
+            raise wrap_os_error(e, uri, "read") from None
+        got = {f.name: f.type for f in meta.schema.to_arrow_schema()}
+        if got != want:
+            raise DataError(f"{uri}: wrong schema {got}; expected {want}")
+        if meta.num_rows != shard.rows:
+            raise DataError(f"{uri}: {meta.num_rows} rows but the manifest says {shard.rows}")
+
+
+def read_dataset(uri: Union[str, Manifest], *, s3_endpoint: Optional[str] = None,
+                 storage_options: Optional[dict[str, Any]] = None,
+                 indices: Optional[Union[Sequence[int], np.ndarray]] = None,
+                 layout: Layout = "chw", shuffle_seed: Optional[int] = None, epoch: int = 0,
+                 decode: bool = True, check_shards: bool = True) -> "ray.data.Dataset":
+    """A lazily read ``ray.data.Dataset`` over a manifest's shards.
+
+    Args:
+        uri: dataset folder / manifest URI (local or ``s3://``) or a :class:`Manifest`.
+        s3_endpoint: S3 endpoint URL (``DataConfig.s3_endpoint``); else the AWS variables.
+        indices: keep only these global indices (RCS coresets); shards holding none of them
+            are not even read, the rest are filtered by :func:`select_indices` before decoding.
+        layout: ``"chw"`` (default) -> image (3,H,W); ``"hwc"`` -> (H,W,3).
+        shuffle_seed, epoch: per-epoch order (see the module docstring); None = source order
+            (Ray may still interleave blocks unless ``preserve_order`` is set).
+        decode: False keeps the raw parquet columns (image as bytes).
+        check_shards: read each shard footer on the driver first (clear errors, fail early).
+
+    Returns:
+        ``ray.data.Dataset`` with columns ``image``, ``label``, ``index``.
+    """
+    kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+    m = uri if isinstance(uri, Manifest) else read_manifest(uri, **kw)
+    shard_list = list(m.shards)
+    selected: Optional[np.ndarray] = None
+    if indices is not None:
+        selected = _sorted_unique(indices)
+        if selected.size and (selected[0] < 0 or selected[-1] >= m.count):
+            raise DataError(f"{m.base_uri}: index out of range 0..{m.count - 1}")
+        firsts = np.array([s.first_index for s in shard_list])
+        keep = set((np.searchsorted(firsts, selected, side="right") - 1).tolist())
+        shard_list = [s for k, s in enumerate(shard_list) if k in keep]
+        if not shard_list:
+            raise DataError(f"{m.base_uri}: empty index selection")
+    if shuffle_seed is not None:
+        order = _seed_for(shuffle_seed, epoch).permutation(len(shard_list))
+        shard_list = [shard_list[k] for k in order]
+    locs = [resolve(m.shard_uri(s), **kw) for s in shard_list]
+    fs = locs[0].fs
+    paths = [loc.path for loc in locs]
+    if check_shards:
+        _check_shard_footers(Manifest(**{**m.__dict__, "shards": tuple(shard_list)}), fs, paths)
+    ds = ray.data.read_parquet(paths, filesystem=fs, schema=_shards.SCHEMA)  # [2] lazy read
+    if shuffle_seed is not None:
+        ds = ds.randomize_block_order(seed=int(_seed_for(shuffle_seed, epoch, 1)  # [3]
+                                                .integers(2**31)))
+    if selected is not None:
+        ds = select_indices(ds, selected)
+    if decode:
+        ds = ds.map_batches(  # [4] decode bytes -> uint8 arrays, one whole block at a time
+            decode_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+            fn_kwargs=dict(image_shape=tuple(m.image_shape), layout=layout,
+                           shuffle_seed=shuffle_seed, epoch=epoch))
+    return ds
+
+
+def select_indices(ds: "ray.data.Dataset", indices: Union[Sequence[int], np.ndarray]
+                   ) -> "ray.data.Dataset":
+    """Rows of ``ds`` whose ``index`` is in ``indices``, without copying the dataset.
+
+    The sorted unique index array is put in the object store once and each block is filtered
+    with a binary search (a lazy ``map_batches``); nothing is materialised. Works on raw
+    (pyarrow) and decoded datasets; apply it before decoding when you can (less work).
+    """
+    selected = _sorted_unique(indices)
+    ref = ray.put(selected)  # [5] one shared copy for all blocks/workers
+    # pyarrow batches: filtering a table is zero-copy-friendly for raw bytes and for Ray's
+    # tensor columns alike, so one code path serves raw and decoded datasets.
+    return ds.map_batches(_filter_index, batch_format="pyarrow", batch_size=None,  # [6]
+                          zero_copy_batch=True, fn_kwargs=dict(selected=ref))
+
+
+def split_by_index(source: Union["ray.data.Dataset", Manifest, str, int, np.ndarray],
+                   val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic disjoint (train, val) global-index split (see ``shards.split_by_index``).
+
+    A ``ray.data.Dataset`` is reduced to its ``index`` column first (one pass over that column).
+    """
+    if isinstance(source, ray.data.Dataset):
+        cols = [b["index"] for b in source.select_columns(["index"])  # [7] index column only
+                .iter_batches(batch_format="numpy", batch_size=None)]
+        source = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return _shards.split_by_index(source, val_fraction, seed)

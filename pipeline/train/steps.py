@@ -1,0 +1,174 @@
+"""One pre-training step of CL / ACL / DynACL / AIR, as pure torch (no Ray).
+
+The step is split so that DDP sees exactly one forward per step: ``PretrainForward`` is the module
+that gets wrapped (it runs the natural, adversarial and original passes inside one ``forward``),
+while the PGD attack runs on the *unwrapped* network with gradients taken w.r.t. the input only
+(no weight-gradient accumulation, no gradient all-reduce during the attack).
+
+Spec §3.3 (AIR repo, --ACL_DS) order of operations, which this mirrors:
+  x_adv = PGD_contrastive(x)                     (eval mode, 'pgd' BN)
+  z_adv = f(x_adv,'pgd'); z = f(x,'normal'); z_o = f(x_o,'normal')   (train mode)
+  loss  = (1-w) CL_nat + (1+w) CL_adv + l1 SIR + l2 AIR
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.attacks import pgd_contrastive
+from pipeline.data.transforms import to_float, two_views
+from pipeline.losses import acl_loss_parts, air_loss, nt_xent_loss
+
+MODES = ("simclr", "acl", "dynacl", "air")
+
+
+class PretrainForward(nn.Module):
+    """Runs the training-mode passes of one step inside a single ``forward`` (DDP-friendly).
+
+    Args of forward:
+        x_nat: (2N, 3, H, W) both natural views, rows [views i ; views j].
+        x_adv: (2N, 3, H, W) adversarial views or None (SimCLR).
+        x_orig: (N, 3, H, W) un-augmented originals or None (only AIR uses them).
+    Returns (z_nat, z_adv, z_orig), each (rows, D) or None.
+    """
+
+    def __init__(self, net: nn.Module, *, segmented: bool = True) -> None:
+        super().__init__()
+        self.net = net
+        # Segmented routing runs the shared convolutions once over [nat; adv; orig] while each BN
+        # site normalises every segment with its own branch and its own batch statistics, which is
+        # the same arithmetic as separate passes (tests/unit/test_steps.py checks it).
+        self.segmented = segmented and _supports_segments(net)
+
+    def forward(
+        self, x_nat: torch.Tensor, x_adv: torch.Tensor | None = None, x_orig: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if x_adv is None:  # SimCLR: single BN, one pass
+            return self.net(x_nat, "normal" if len(self.net.bn_names) > 1 else None), None, None
+        parts = [("normal", x_nat), ("pgd", x_adv)] + ([("normal", x_orig)] if x_orig is not None else [])
+        if self.segmented:
+            segs = tuple((name, x.shape[0]) for name, x in parts)
+            z = self.net(torch.cat([x for _, x in parts]), segs)
+            outs = list(torch.split(z, [n for _, n in segs]))
+        else:
+            outs = [self.net(x, name) for name, x in parts]
+        z_orig = outs[2] if x_orig is not None else None
+        return outs[0], outs[1], z_orig
+
+
+def _supports_segments(net: nn.Module) -> bool:
+    from pipeline.models.multi_bn import supports_segments  # optional capability
+
+    return supports_segments(net)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What one step needs besides the model and the batch (a view of PretrainConfig)."""
+
+    mode: str = "air"
+    strength: float = 1.0  # DynAug s(e)
+    weight: float = 0.0  # omega(e)
+    temperature: float = 0.5
+    lambda1: float = 0.5
+    lambda2: float = 0.5
+    kl_form: str = "released"
+    half: bool = False
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 5
+    amp_dtype: torch.dtype | None = None  # torch.bfloat16 on GPU
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # scalar with graph
+    parts: dict[str, torch.Tensor]  # detached scalars: cl_nat, cl_adv, sir, air
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def pretrain_loss(
+    forward: nn.Module,
+    net: nn.Module,
+    images: torch.Tensor,
+    s: StepSettings,
+    *,
+    generator: torch.Generator | None = None,
+) -> StepResult:
+    """Augment, attack and compute the loss of one batch (no backward, no optimizer step).
+
+    Args:
+        forward: ``PretrainForward`` (possibly DDP-wrapped) used for the training passes.
+        net: the unwrapped network (attacked directly: no DDP hooks, no weight grads).
+        images: (N, 3, H, W) uint8 or float in [0,1], already on the training device.
+    """
+    device = images.device
+    x_i, x_j = two_views(images, s.strength, generator=generator)  # (N,3,H,W) each, on device
+    mf = torch.channels_last if s.channels_last else torch.contiguous_format
+    x_nat = torch.cat([x_i, x_j]).contiguous(memory_format=mf)
+    n = images.shape[0]
+    with _autocast(device, s.amp_dtype):
+        if s.mode == "simclr":
+            z, _, _ = forward(x_nat)
+            loss = nt_xent_loss(z[:n], z[n:], temperature=s.temperature)
+            zero = loss.detach() * 0
+            return StepResult(loss, {"cl_nat": loss.detach(), "cl_adv": zero, "sir": zero, "air": zero})
+        # The attack sees both views at once through the 'pgd' BN in eval mode (spec §3.2).
+        x_i_adv, x_j_adv = pgd_contrastive(
+            net, x_i, x_j, eps=s.eps, alpha=s.alpha, steps=s.steps,
+            temperature=s.temperature, bn_name="pgd", generator=generator,
+        )
+        x_adv = torch.cat([x_i_adv, x_j_adv]).contiguous(memory_format=mf)
+        x_orig = to_float(images).contiguous(memory_format=mf) if s.mode == "air" else None
+        z, z_adv, z_o = forward(x_nat, x_adv, x_orig)
+    z, z_adv = z.float(), z_adv.float()
+    if s.mode == "air":
+        out = air_loss(
+            z[:n], z[n:], z_o.float(), z_adv[:n], z_adv[n:], weight=s.weight,
+            lambda1=s.lambda1, lambda2=s.lambda2, temperature=s.temperature, kl_form=s.kl_form,
+        )
+        parts = {k: getattr(out, k).detach() for k in ("cl_nat", "cl_adv", "sir", "air")}
+        return StepResult(out.total, parts)
+    # ACL (weight 0) and DynACL (weight omega(e)); the RCS repo's variant halves it (spec §3.3)
+    weight = s.weight if s.mode == "dynacl" else 0.0
+    out = acl_loss_parts(
+        z[:n], z[n:], z_adv[:n], z_adv[n:], weight=weight, temperature=s.temperature, half=s.half
+    )
+    zero = out.cl_nat * 0
+    return StepResult(out.total, {"cl_nat": out.cl_nat, "cl_adv": out.cl_adv, "sir": zero, "air": zero})
+
+
+def train_step(
+    forward: nn.Module,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    s: StepSettings,
+    *,
+    generator: torch.Generator | None = None,
+) -> StepResult:
+    """One full optimisation step: loss, backward, optimizer step. Returns the loss parts.
+
+    A non-finite loss is *not* stepped: the caller checks ``torch.isfinite(result.loss)`` first
+    (see ``pipeline.train.loops``) so the last good weights survive.
+    """
+    forward.train()
+    res = pretrain_loss(forward, net, images, s, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    res.loss.backward()
+    optimizer.step()
+    return res

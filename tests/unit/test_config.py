@@ -1,0 +1,109 @@
+"""Typed config: YAML + dotted overrides, strict keys and types, round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import (
+    ConfigError,
+    PretrainConfig,
+    apply_overrides,
+    config_hash,
+    from_dict,
+    load_config,
+    replace,
+    to_dict,
+)
+
+
+def test_defaults_match_authors_cifar_recipe():
+    c = PretrainConfig()
+    # spec §3.5: batch 512, 1000 epochs, LARS 5.0, 10 warm-up epochs, t=0.5, PGD 8/255, 2/255, 5
+    assert (c.train.batch_size, c.train.epochs, c.optim.name, c.optim.lr) == (512, 1000, "lars", 5.0)
+    assert c.optim.warmup_epochs == 10.0 and c.loss.temperature == 0.5
+    assert c.attack.eps == pytest.approx(8 / 255) and c.attack.alpha == pytest.approx(2 / 255)
+    assert c.attack.steps == 5 and c.model.bn_names == ("normal", "pgd")
+
+
+def test_yaml_and_overrides(tmp_path: Path):
+    p = tmp_path / "c.yaml"
+    p.write_text("rcs:\n  enabled: true\n  fraction: 0.2\ntrain:\n  epochs: 7\n")
+    c = load_config(PretrainConfig, p, ["--rcs.fraction=0.05", "train.batch_size=64", "--model.bn_names=pgd,normal"])
+    assert c.rcs.enabled is True
+    assert c.rcs.fraction == 0.05  # override wins over the file
+    assert c.train.epochs == 7 and c.train.batch_size == 64
+    assert c.model.bn_names == ("pgd", "normal")
+    assert isinstance(c.rcs.fraction, float)
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    c = load_config(PretrainConfig, None, ["--optim.lr=5"])
+    assert c.optim.lr == 5.0 and isinstance(c.optim.lr, float)
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got 2.5"):
+        load_config(PretrainConfig, None, ["--train.epochs=2.5"])
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("rcs:\n  fracton: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(PretrainConfig, p)
+    assert "rcs.fracton" in str(e.value) and str(p) in str(e.value)
+
+
+def test_unknown_section_and_override_are_named():
+    with pytest.raises(ConfigError, match="unknown key 'rcss'"):
+        load_config(PretrainConfig, None, ["--rcss.fraction=0.1"])
+    with pytest.raises(ConfigError, match="'trian'"):
+        from_dict(PretrainConfig, {"trian": {}})
+
+
+def test_wrong_types_and_values_are_named():
+    with pytest.raises(ConfigError, match=r"rcs.fraction: expected a number, got 'abc'"):
+        load_config(PretrainConfig, None, ["--rcs.fraction=abc"])
+    with pytest.raises(ConfigError, match=r"loss.mode: 'acll' is not one of"):
+        load_config(PretrainConfig, None, ["--loss.mode=acll"])
+    with pytest.raises(ConfigError, match=r"rcs.fraction must be in \(0, 1\]"):
+        load_config(PretrainConfig, None, ["--rcs.fraction=1.5"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        load_config(PretrainConfig, None, ["--rcs.enabled=yes please"])
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(PretrainConfig, None, ["--rcs.enabled"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(PretrainConfig, tmp_path / "nope.yaml")
+    p = tmp_path / "x.yaml"
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(PretrainConfig, p)
+
+
+def test_round_trip_and_frozen():
+    c = load_config(PretrainConfig, None, ["--rcs.fraction=0.05", "--loss.mode=dynacl"])
+    d = to_dict(c)
+    assert from_dict(PretrainConfig, d) == c
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.rcs.fraction = 0.5  # type: ignore[misc]
+
+
+def test_hash_is_stable_and_sensitive():
+    a = PretrainConfig()
+    assert config_hash(a) == config_hash(PretrainConfig())
+    b = replace(a, **{"rcs.fraction": 0.1})
+    assert b.rcs.fraction == 0.1 and config_hash(b) != config_hash(a)
+
+
+def test_string_override_keeps_digits_as_string():
+    c = load_config(PretrainConfig, None, ["--run.name=123"])
+    assert c.run.name == "123"
+
+
+def test_apply_overrides_does_not_mutate_input():
+    d = {"rcs": {"fraction": 0.2}}
+    out = apply_overrides(d, ["--rcs.fraction=0.1"])
+    assert d["rcs"]["fraction"] == 0.2 and out["rcs"]["fraction"] == 0.1
