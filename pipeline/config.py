@@ -281,6 +281,7 @@ class DataConfig:
     image_size: int = 32
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:5555 for a local S3 server; "" = AWS default
     shuffle_seed: int = 0
+    deterministic: bool = False  # Ray Data preserve_order: bit-exact reruns (tests), some throughput cost
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -377,7 +378,8 @@ class TrainConfig:
     sync_bn: bool = False  # authors: per-GPU BN (DataParallel); SyncBN is a switch
     log_every: int = 50  # steps between progress lines inside an epoch (0 = epoch lines only)
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 truncates (smoke tests)
-    fail_at: str = ""  # test hook "epoch:step:rank" -> the worker process exits there once
+    fail_at: str = ""  # test hook "epoch:step:rank[:nan]": SIGKILL that worker once (or inject a NaN loss)
+    audit_shards: bool = False  # record per-epoch overlap/union of the indices the ranks saw
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,19 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.optim.warmup_epochs < self.train.epochs:
+            raise ConfigError(
+                f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be < train.epochs ({self.train.epochs})"
+            )
+        if self.rcs.enabled and self.rcs.warmup_epochs >= self.train.epochs:
+            raise ConfigError(
+                f"rcs.warmup_epochs ({self.rcs.warmup_epochs}) must be < train.epochs ({self.train.epochs}) "
+                f"for RCS to select anything"
+            )
+        if self.train.epochs < 1 or self.train.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1")
 
     def run_name(self) -> str:
         return self.run.name or f"pretrain-{self.loss.mode}-{config_hash(self)}"

@@ -1,7 +1,8 @@
 """RCS: robustness-aware coreset selection (spec §5). Core parts only (no Ray).
 
 Per selection epoch the trainer calls either, in-process,
-    ``select_coreset(model, fetch_images=..., train_indices=..., val_images=..., spec=..., round_seed=...)``
+    ``select_coreset(model, fetch_images=..., train_indices=..., val_images=...,
+    spec=..., round_seed=...)``
 or, fanned out over Ray tasks, ``pipeline.coreset.ray_tasks.select_coreset_ray(...)``
 (imported from there explicitly: this package must stay importable without Ray), with
 ``spec = SelectionSpec.from_config(cfg.rcs, cfg.attack, cfg.loss, strength=s)``.

@@ -72,7 +72,9 @@ class SATScorer:
         loss = F.cross_entropy(model.head(f), y)
         return head_gradients(loss, self.params(model))
 
-    def _val_batch_grads(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def _val_batch_grads(
+        self, model: nn.Module, x: Tensor, generator: torch.Generator
+    ) -> list[Tensor]:
         x_adv = pgd_rd(model, x, eps=self.spec.eps, alpha=self.rd_alpha, steps=self.spec.pgd_steps,
                        form="softmax_kl", nat_bn=None, adv_bn=None, start="normal",
                        generator=generator)
@@ -83,7 +85,9 @@ class SATScorer:
         loss = rd_softmax_kl(model.head(f_adv), model.head(f_nat))
         return head_gradients(loss, self.params(model))
 
-    def val_grads(self, model: nn.Module, x_val: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def val_grads(
+        self, model: nn.Module, x_val: Tensor, generator: torch.Generator
+    ) -> list[Tensor]:
         return batched_mean_grads(
             lambda xb: self._val_batch_grads(model, xb, generator), x_val, self.spec.val_batch_size
         )

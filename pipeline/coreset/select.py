@@ -166,7 +166,12 @@ class ArrayFetcher:
     """
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, index: np.ndarray, *, with_labels: bool = False
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        index: np.ndarray,
+        *,
+        with_labels: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
         self.with_labels = with_labels
@@ -208,9 +213,13 @@ class Scorer(Protocol):
 
     def params(self, model: nn.Module) -> list[Tensor]: ...
 
-    def train_grads(self, model: nn.Module, batch: Any, generator: torch.Generator) -> list[Tensor]: ...
+    def train_grads(
+        self, model: nn.Module, batch: Any, generator: torch.Generator
+    ) -> list[Tensor]: ...
 
-    def val_grads(self, model: nn.Module, x_val: Tensor, generator: torch.Generator) -> list[Tensor]: ...
+    def val_grads(
+        self, model: nn.Module, x_val: Tensor, generator: torch.Generator
+    ) -> list[Tensor]: ...
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -254,7 +263,9 @@ class ACLScorer:
     def params(self, model: nn.Module) -> list[Tensor]:
         return head_linear_params(model.head)
 
-    def train_grads(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def train_grads(
+        self, model: nn.Module, batch: Tensor, generator: torch.Generator
+    ) -> list[Tensor]:
         """(L_nat + L_adv) / 2 of one minibatch, mean over the 2N rows, no DynAug weight (§5.3)."""
         sp = self.spec
         x = as_model_input(batch, model)
@@ -273,7 +284,9 @@ class ACLScorer:
         rows = (nt_xent_rows(h_nat[:n], h_nat[n:], t) + nt_xent_rows(h_adv[:n], h_adv[n:], t)) / 2
         return head_gradients(rows.mean(), self.params(model))
 
-    def _val_batch_grads(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def _val_batch_grads(
+        self, model: nn.Module, x: Tensor, generator: torch.Generator
+    ) -> list[Tensor]:
         sp = self.spec
         x_adv = pgd_rd(
             model, x, eps=sp.eps, alpha=sp.rd_alpha, steps=sp.pgd_steps, form=sp.rd_loss,
@@ -292,7 +305,9 @@ class ACLScorer:
             loss = rd_softmax_kl(h_nat, h_adv)
         return head_gradients(loss, self.params(model))
 
-    def val_grads(self, model: nn.Module, x_val: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def val_grads(
+        self, model: nn.Module, x_val: Tensor, generator: torch.Generator
+    ) -> list[Tensor]:
         """RD gradient on all validation images at the current head (q_U before sketching)."""
         return batched_mean_grads(
             lambda xb: self._val_batch_grads(model, xb, generator), x_val, self.spec.val_batch_size
@@ -316,6 +331,7 @@ class ChunkResult:
     n_scored: int = 0  # candidate minibatches whose gradients were computed
     n_q_evals: int = 0  # validation RD gradients computed
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0  # CPU seconds of the scoring process (robust to a busy machine)
 
 
 @dataclass
@@ -394,7 +410,7 @@ def select_chunk(
         fetch: global indices -> what ``scorer.train_grads`` takes (uint8 images for ACL).
         x_val: (V, 3, H, W) float validation images in [0, 1] on the model's device.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_indices = np.asarray(train_indices, dtype=np.int64)
     trivial = trivial_chunk(chunk, train_indices)
     if trivial is not None:
@@ -423,7 +439,7 @@ def select_chunk(
     taken = np.concatenate([gidx[p][:t] for p, t in zip(res.picks, res.takes)])
     return ChunkResult(
         chunk.chunk_id, taken, [chunk.first_batch + p for p in res.picks], res.gains, res.takes,
-        len(gidx), res.n_q_evals, time.perf_counter() - t0,
+        len(gidx), res.n_q_evals, time.perf_counter() - t0, time.process_time() - c0,
     )
 
 

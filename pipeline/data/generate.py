@@ -89,8 +89,10 @@ def generate_images(num_classes: int, per_class: int, rng: np.random.Generator,
     # A gentle brightness gradient and pixel noise (style, different strength per image).
     gdir = rng.normal(0, 1, (n, 1, 1, 2)).astype(np.float32)
     ramp = np.linspace(-1, 1, image_size, dtype=np.float32)
-    img += 20.0 * (gdir[..., :1] * ramp[None, :, None, None] + gdir[..., 1:] * ramp[None, None, :, None])
-    img += rng.normal(0, 1, img.shape).astype(np.float32) * rng.uniform(0, 12, (n, 1, 1, 1)).astype(np.float32)
+    img += 20.0 * (gdir[..., :1] * ramp[None, :, None, None]
+                   + gdir[..., 1:] * ramp[None, None, :, None])
+    sigma = rng.uniform(0, 12, (n, 1, 1, 1)).astype(np.float32)
+    img += rng.normal(0, 1, img.shape).astype(np.float32) * sigma
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), labels
 
 

@@ -88,8 +88,12 @@ def ensure_ray(address: str = "") -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
-    """Train (or continue) the run described by ``cfg``; returns where the artefacts are."""
+def run_pretrain(cfg: PretrainConfig, *, stop_after: int | None = None) -> PretrainResult | None:
+    """Train (or continue) the run described by ``cfg``; returns where the artefacts are.
+
+    ``stop_after=k`` returns None once epoch k is checkpointed (the run can be continued by calling
+    again with the same config): used to test resumption, and handy to train in slices.
+    """
     ensure_ray(cfg.run.ray_address)
     endpoint = cfg.data.s3_endpoint or None
     storage = _abs_storage(cfg.run.storage_path)
@@ -106,6 +110,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
             f"run {run_dir} exists with a different config; resume needs the same config "
             f"(or choose another --run.name)"
         )
+    if cfg.scaling.num_workers == 0 and "://" in run_dir:
+        raise ValueError("scaling.num_workers=0 (Ray Train local mode) needs a local run.storage_path")
     write_bytes_atomic(resolve(cfg_uri, s3_endpoint=endpoint), dump_yaml(cfg).encode())
     print(f"[pretrain] run {name} -> {run_dir}\n{dump_yaml(cfg)}", flush=True)
 
@@ -143,6 +149,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
             _write_json(progress_uri, progress, endpoint)
         later = [e for e in sel_epochs if e > e_next]
         stop = min(later[0] - 1, E) if later else E
+        if stop_after is not None and stop_after >= e_next:
+            stop = min(stop, stop_after)
         rows = coreset if coreset is not None else train_idx
         t_fit = time.perf_counter()
         result = _fit(cfg, name, storage, rows, coreset, stop, progress["checkpoint"], run_dir, e_next)
@@ -152,14 +160,18 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         progress["train_time_s"] += fit_s
         if result.error is not None:
             raise TrainingFailed(f"training failed in epochs {e_next}..{stop}: {result.error}") from result.error
-        if result.checkpoint is not None:
-            progress["checkpoint"] = result.checkpoint.path
-            with result.checkpoint.as_directory() as d:
+        newest = _latest_checkpoint(run_dir, endpoint)
+        if newest is not None and newest != progress["checkpoint"]:
+            progress["checkpoint"] = newest
+            with ray.train.Checkpoint(newest).as_directory() as d:
                 st = load_state(d)
             progress["epoch"] = st.epoch
             _write_metrics(run_dir, st.history, progress, endpoint)
         progress["wall_time_s"] = time.perf_counter() - t_start
         _write_json(progress_uri, progress, endpoint)
+        if stop_after is not None and progress["epoch"] >= stop_after and progress["epoch"] < E:
+            print(f"[pretrain] stopped after epoch {progress['epoch']} (continue by re-running)", flush=True)
+            return None
         if (result.metrics or {}).get("status") == "nonfinite":
             raise TrainingFailed(
                 f"non-finite loss in epoch {result.metrics.get('epoch')}: training stopped; the last good "
@@ -168,6 +180,26 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
             )
 
     return _finish(cfg, run_dir, progress, manifest, endpoint, summary_uri, time.perf_counter() - t_start)
+
+
+def _latest_checkpoint(run_dir: str, endpoint: str | None) -> str | None:
+    """Newest ``epoch_XXXXX`` checkpoint folder of the run holding a complete state file.
+
+    Read from storage rather than from ``Result.checkpoint`` because a fit that stops on a
+    non-finite loss reports no checkpoint, and Ray Train's local mode reports none either.
+    """
+    import pyarrow.fs as pafs
+
+    loc = resolve(run_dir, s3_endpoint=endpoint)
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+    for name in reversed(names):
+        if exists(resolve(join_uri(run_dir, name, "state.pt"), s3_endpoint=endpoint)):
+            return join_uri(run_dir, name)
+    return None
 
 
 def _load_coreset(run_dir: str, progress: dict, endpoint: str | None) -> np.ndarray | None:
@@ -208,8 +240,12 @@ def _select(cfg: PretrainConfig, ckpt: str | None, manifest: Any, train_idx: np.
 
 def _fit(cfg: PretrainConfig, name: str, storage: str, rows: np.ndarray, coreset: np.ndarray | None,
          stop: int, resume_path: str | None, run_dir: str, first_epoch: int) -> ray.train.Result:
+    # The shard/block order is fixed per run (epoch=0) so that the data of epoch e does not depend
+    # on where a fit started (exact resume); epochs differ through the worker's seeded local shuffle.
     ds = read_dataset(cfg.data.manifest, s3_endpoint=cfg.data.s3_endpoint or None, indices=rows,
-                      shuffle_seed=cfg.data.shuffle_seed, epoch=first_epoch)
+                      shuffle_seed=cfg.data.shuffle_seed, epoch=0)
+    if cfg.data.deterministic:
+        ds.context.execution_options.preserve_order = True
     workers = cfg.scaling.num_workers
     scaling = ray.train.ScalingConfig(
         num_workers=workers, use_gpu=cfg.scaling.use_gpu,
@@ -222,6 +258,7 @@ def _fit(cfg: PretrainConfig, name: str, storage: str, rows: np.ndarray, coreset
             "stop_epoch": stop, "n_rows": int(len(rows)), "resume_path": resume_path,
             "coreset": None if coreset is None else coreset.tolist(),
             "marker_dir": run_dir if "://" not in run_dir else None,
+            "local_dir": run_dir if workers == 0 else None,
         }},
         scaling_config=scaling,
         run_config=ray.train.RunConfig(

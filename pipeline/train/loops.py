@@ -11,6 +11,7 @@ Ray-specific lines carry numbered comments, as in Ray's own examples:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -74,17 +75,37 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _maybe_fail(cfg: PretrainConfig, epoch: int, step: int, rank: int, marker_dir: str) -> None:
-    """Test hook: ``train.fail_at="E:S:R"`` SIGKILLs rank R's worker process at epoch E, step S,
-    once (a marker file in the run folder makes the restarted worker carry on)."""
+def _maybe_fail(cfg: PretrainConfig, epoch: int, step: int, rank: int, marker_dir: str | None) -> bool:
+    """Test hook ``train.fail_at="E:S:R[:nan]"``: at epoch E, step S on rank R, SIGKILL this
+    worker process once (a marker file in the run folder lets the restarted worker carry on), or
+    with ``:nan`` return True so the caller injects a NaN loss."""
     if not cfg.train.fail_at:
-        return
-    e, s, r = (int(v) for v in cfg.train.fail_at.split(":"))
-    marker = Path(marker_dir) / ".fail_at_done"
-    if (e, s, r) == (epoch, step, rank) and not marker.exists():
+        return False
+    parts = cfg.train.fail_at.split(":")
+    e, s, r = (int(v) for v in parts[:3])
+    if (e, s, r) != (epoch, step, rank):
+        return False
+    if parts[3:] == ["nan"]:
+        return True
+    marker = Path(marker_dir or tempfile.gettempdir()) / ".fail_at_done"
+    if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"killed at epoch {epoch} step {step} rank {rank}\n")
         os.kill(os.getpid(), 9)
+    return False
+
+
+def _audit(indices: list[np.ndarray], world: int) -> dict[str, int]:
+    """Overlap/union of the global indices each rank saw this epoch (train.audit_shards)."""
+    mine = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    gathered: list[Any] = [mine]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine)
+    per_rank = [np.unique(g) for g in gathered]
+    union = np.unique(np.concatenate(per_rank)) if per_rank else np.zeros(0)
+    return {"shard_union": int(union.size), "shard_overlap": int(sum(p.size for p in per_rank) - union.size),
+            "shard_rows": int(sum(p.size for p in per_rank))}
 
 
 def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
@@ -134,7 +155,8 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     steps = steps_per_epoch(n_rows, world, bs, cfg.train.max_steps_per_epoch)
     global_batch = bs * world
     stop_epoch = int(seg["stop_epoch"])
-    marker_dir = seg.get("marker_dir", tempfile.gettempdir())
+    marker_dir = seg.get("marker_dir")
+    restored_from = epoch0 if ckpt is not None else None
 
     for epoch in range(epoch0 + 1, stop_epoch + 1):
         s = step_settings(cfg, epoch, device)
@@ -148,17 +170,21 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
             batch_size=bs, device=device, drop_last=False, prefetch_batches=2,
             local_shuffle_buffer_size=4 * bs, local_shuffle_seed=cfg.train.seed * 7919 + epoch * 31 + rank,
         )
-        i = -1
+        i, seen = -1, []
         for i, batch in enumerate(batches):
             if i >= steps:
                 continue  # consume the rest of the shard (truncated smoke epochs)
-            _maybe_fail(cfg, epoch, i, rank, marker_dir)
+            inject_nan = _maybe_fail(cfg, epoch, i, rank, marker_dir)
+            if cfg.train.audit_shards:
+                seen.append(batch["index"].cpu().numpy())
             tau = (epoch - 1) + (i + 1) / steps  # fractional epoch: schedule survives coreset sizes
             lr = lr_at(cfg.optim, tau, epochs=cfg.train.epochs, global_batch=global_batch)
             set_lr(optimizer, lr)
             images = batch["image"]
             compiled.train()
             res = pretrain_loss(compiled, net, images, s, generator=gen)
+            if inject_nan:
+                res.loss = res.loss * float("nan")
             ok = torch.isfinite(res.loss.detach()).to(torch.float32)
             if world > 1:
                 dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank stops together
@@ -186,7 +212,11 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_time_s": dt, "strength": s.strength, "omega": s.weight,
             "train_samples": n_rows, "images": int(sums[-1].item()), "steps": min(i + 1, steps),
             "coreset_size": len(coreset) if coreset is not None else None, "status": "ok",
+            "restored_from": restored_from,
         }
+        restored_from = None
+        if cfg.train.audit_shards:
+            metrics.update(_audit(seen, world))
         if nonfinite:
             metrics.update(status="nonfinite", loss=float("nan"))
             if rank == 0:
@@ -205,7 +235,10 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
             )
         save_now = epoch % cfg.train.checkpoint_every == 0 or epoch == stop_epoch
         if save_now and rank == 0:
-            with tempfile.TemporaryDirectory() as d:
+            # Ray Train local mode (num_workers=0) does not persist reported checkpoints, so there
+            # the state is written straight into the run folder; otherwise Ray uploads a temp dir.
+            keep_dir = os.path.join(seg["local_dir"], f"epoch_{epoch:05d}") if seg.get("local_dir") else None
+            with (contextlib.nullcontext(keep_dir) if keep_dir else tempfile.TemporaryDirectory()) as d:
                 save_state(d, TrainState(
                     epoch=epoch, global_step=global_step, model=net.state_dict(),
                     optimizer=optimizer.state_dict(), config=to_dict(cfg),

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from typing import Iterator, NamedTuple
@@ -57,6 +58,8 @@ def s3_server() -> Iterator[S3Server]:
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per request
+
     mp = pytest.MonkeyPatch()
     # Dummy credentials for this test session only (moto accepts any by default).
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
@@ -85,7 +88,8 @@ def s3_auth_enforced(s3_server: S3Server) -> Iterator[S3Server]:
 
     def set_count(value: str) -> None:
         req = urllib.request.Request(f"{s3_server.endpoint_url}/moto-api/reset-auth",
-                                     data=value.encode(), method="POST", headers={"Content-Type": "text/plain"})
+                                     data=value.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
         urllib.request.urlopen(req, timeout=5).read()
 
     set_count("0")

@@ -94,3 +94,16 @@ def test_ray_selection_rejects_overlapping_validation(ray_local, dataset: dict) 
     with pytest.raises(ValueError, match="overlap"):
         select_coreset_ray(model, manifest_uri=dataset["uri"], train_indices=dataset["train"],
                            val_indices=dataset["train"][:3], spec=SelectionSpec(), round_seed=0)
+
+
+def test_benchmark_smoke(ray_local, tmp_path: Path) -> None:
+    import json
+
+    from pipeline.benchmarks.rcs import main
+
+    out = tmp_path / "rcs.json"
+    rec = main(["--smoke-test", "--out", str(out)])
+    assert json.loads(out.read_text())["coreset_size"] == rec["coreset_size"]
+    assert rec["coreset_size"] == rec["expected_size"] == exact_budget(rec["data"]["n_train"], 0.2)
+    assert rec["ray_1_worker_s"] > 0 and rec["acl_epoch_s_extrapolated"] > 0
+    assert rec["n_chunks"] >= 2

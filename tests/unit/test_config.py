@@ -30,11 +30,11 @@ def test_defaults_match_authors_cifar_recipe():
 
 def test_yaml_and_overrides(tmp_path: Path):
     p = tmp_path / "c.yaml"
-    p.write_text("rcs:\n  enabled: true\n  fraction: 0.2\ntrain:\n  epochs: 7\n")
+    p.write_text("rcs:\n  enabled: true\n  fraction: 0.2\n  warmup_epochs: 3\ntrain:\n  epochs: 17\n")
     c = load_config(PretrainConfig, p, ["--rcs.fraction=0.05", "train.batch_size=64", "--model.bn_names=pgd,normal"])
     assert c.rcs.enabled is True
     assert c.rcs.fraction == 0.05  # override wins over the file
-    assert c.train.epochs == 7 and c.train.batch_size == 64
+    assert c.train.epochs == 17 and c.train.batch_size == 64
     assert c.model.bn_names == ("pgd", "normal")
     assert isinstance(c.rcs.fraction, float)
 
@@ -107,3 +107,10 @@ def test_apply_overrides_does_not_mutate_input():
     d = {"rcs": {"fraction": 0.2}}
     out = apply_overrides(d, ["--rcs.fraction=0.1"])
     assert d["rcs"]["fraction"] == 0.2 and out["rcs"]["fraction"] == 0.1
+
+
+def test_cross_section_checks():
+    with pytest.raises(ConfigError, match=r"optim.warmup_epochs \(10.0\) must be < train.epochs \(5\)"):
+        load_config(PretrainConfig, None, ["--train.epochs=5"])
+    with pytest.raises(ConfigError, match=r"rcs.warmup_epochs \(100\) must be < train.epochs"):
+        load_config(PretrainConfig, None, ["--train.epochs=50", "--rcs.enabled=true"])

@@ -98,7 +98,8 @@ def test_chunk_result_does_not_depend_on_other_chunks(data: dict) -> None:
     # what makes the Ray fan-out exact: a chunk scored alone equals the same chunk in a round
     full = _run(_model(), data)
     model = _model()
-    plan = plan_selection(len(data["train"]), SPEC.fraction, SPEC.batch_size, SPEC.chunk_batches, 11)
+    plan = plan_selection(len(data["train"]), SPEC.fraction, SPEC.batch_size,
+                          SPEC.chunk_batches, 11)
     fetch = ArrayFetcher(data["images"], data["labels"], np.arange(N_ALL))
     alone = select_chunk(model, plan.chunks[2], fetch=fetch, train_indices=data["train"],
                          x_val=data["val_images"].float() / 255, spec=SPEC, scorer=ACLScorer(SPEC),

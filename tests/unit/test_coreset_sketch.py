@@ -1,4 +1,4 @@
-"""Head-gradient sketches and the ACL / RD / SAT gradients behind them (spec §5.2, §5.3, §5.6)."""
+"""Head-gradient sketches and the ACL / RD / SAT gradients behind them (spec §5.2-§5.3, §5.6)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def test_sketch_of_a_hand_computed_gradient() -> None:
     lin = nn.Linear(3, 4).double()
     x = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
     grads = head_gradients(lin(x).sum(), head_linear_params(lin))
-    assert torch.equal(sketch_from_grads(grads), torch.tensor([0.5, -2.0, 3.0, 1.0], dtype=torch.float64))
+    want = torch.tensor([0.5, -2.0, 3.0, 1.0], dtype=torch.float64)
+    assert torch.equal(sketch_from_grads(grads), want)
     assert lin.weight.grad is None  # autograd.grad: nothing accumulates
 
 

@@ -1,0 +1,156 @@
+"""Pre-training on Ray Train: every mode in local mode, two DDP workers, exact resume with RCS,
+a worker killed mid-epoch, the NaN guard, and never overwriting a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import PretrainConfig, load_config
+from pipeline.models import load_encoder
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+BASE = [
+    "--model.width=4", "--attack.steps=1", "--optim.lr=1.0", "--optim.warmup_epochs=1",
+    "--train.batch_size=32", "--train.log_every=0", "--rcs.enabled=false",
+    "--data.val_fraction=0.1", "--data.deterministic=true", "--scaling.cpus_per_worker=0.5",
+]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> str:
+    from pipeline.data.formats import open_source
+    from pipeline.data.generate import generate_imagenet32_format
+    from pipeline.data.shards import write_dataset
+
+    root = tmp_path_factory.mktemp("gen")
+    generate_imagenet32_format(root / "raw", num_classes=4, train_per_class=40, val_per_class=4, seed=0)
+    src = open_source("imagenet32", root / "raw", "train")
+    dest = root / "train"
+    write_dataset(src.chunks(), str(dest), dataset="gen", split="train", num_classes=4,
+                  image_shape=src.image_shape, shard_size=64)
+    return str(dest)
+
+
+def _cfg(manifest: str, tmp: Path, name: str, *extra: str) -> PretrainConfig:
+    return load_config(PretrainConfig, None, [*BASE, f"--data.manifest={manifest}",
+                                              f"--run.storage_path={tmp}", f"--run.name={name}", *extra])
+
+
+def _metrics(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["simclr", "acl", "dynacl", "air"])
+def test_local_mode_two_steps_each_mode(ray_local, manifest, tmp_path, mode):
+    from pipeline.train.driver import run_pretrain
+
+    cfg = _cfg(manifest, tmp_path, f"m-{mode}", f"--loss.mode={mode}", "--scaling.num_workers=0",
+               "--train.epochs=1", "--train.max_steps_per_epoch=2", "--optim.warmup_epochs=0")
+    res = run_pretrain(cfg)
+    rows = _metrics(res.run_dir)
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["steps"] == 2
+    assert rows[0]["images"] == 64 and np.isfinite(rows[0]["loss"])
+    if mode == "simclr":
+        assert rows[0]["cl_adv"] == 0.0 and rows[0]["sir"] == 0.0
+    else:
+        assert rows[0]["cl_adv"] > 0.0
+    if mode != "air":
+        assert rows[0]["air"] == 0.0 and rows[0]["sir"] == 0.0
+    model, meta = load_encoder(res.encoder_path)
+    assert meta["mode"] == mode and meta["epochs"] == 1
+    assert model.bn_names == (("normal",) if mode == "simclr" else ("normal", "pgd"))
+    summary = json.loads(Path(res.run_dir, "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_two_workers_disjoint_shards_loss_down(ray_local, manifest, tmp_path):
+    from pipeline.train.driver import run_pretrain
+
+    cfg = _cfg(manifest, tmp_path, "ddp2", "--loss.mode=acl", "--scaling.num_workers=2",
+               "--train.epochs=4", "--train.audit_shards=true", "--optim.lr=2.0", "--train.batch_size=16")
+    res = run_pretrain(cfg)
+    rows = _metrics(res.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    n_train = 144  # 160 images, 10% held out for validation
+    for r in rows:
+        # equal split: each of the 2 ranks gets 72 rows; no index is seen by both ranks
+        assert r["shard_overlap"] == 0 and r["shard_union"] == n_train and r["shard_rows"] == n_train
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert Path(res.run_dir, "epoch_00004", "state.pt").exists() or any(Path(res.run_dir).glob("epoch_*"))
+
+
+def test_resume_with_rcs_is_exact(ray_local, manifest, tmp_path):
+    """Stopped after the first coreset epoch and continued == uninterrupted (weights, losses,
+    coresets); the continued run trains on the same subset and does not re-select."""
+    from pipeline.train.driver import run_pretrain
+
+    extra = ["--loss.mode=air", "--scaling.num_workers=0", "--train.epochs=4", "--rcs.enabled=true",
+             "--rcs.fraction=0.5", "--rcs.warmup_epochs=1", "--rcs.interval=2", "--rcs.batch_size=16",
+             "--rcs.chunk_batches=2", "--rcs.pgd_steps=1", "--rcs.train_pgd_steps=1"]
+    a = run_pretrain(_cfg(manifest, tmp_path / "a", "r", *extra))
+    cfg_b = _cfg(manifest, tmp_path / "b", "r", *extra)
+    assert run_pretrain(cfg_b, stop_after=2) is None
+    prog = json.loads(Path(tmp_path / "b" / "r" / "progress.json").read_text())
+    assert prog["epoch"] == 2 and [s["epoch"] for s in prog["selections"]] == [2]
+    b = run_pretrain(cfg_b)
+    prog = json.loads(Path(b.run_dir, "progress.json").read_text())
+    assert [s["epoch"] for s in prog["selections"]] == [2, 4]  # W+1, W+1+I; no extra selection
+    for e in (2, 4):
+        ca = np.load(Path(a.run_dir, "coresets", f"epoch_{e:05d}.npy"))
+        cb = np.load(Path(b.run_dir, "coresets", f"epoch_{e:05d}.npy"))
+        assert len(ca) == 72 and np.array_equal(ca, cb)  # round(0.5 * 144) samples
+    la = [r["loss"] for r in _metrics(a.run_dir)]
+    lb = [r["loss"] for r in _metrics(b.run_dir)]
+    assert la == lb
+    ma, _ = load_encoder(a.encoder_path)
+    mb, _ = load_encoder(b.encoder_path)
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint(ray_local, manifest, tmp_path):
+    from pipeline.train.driver import run_pretrain
+
+    cfg = _cfg(manifest, tmp_path, "kill", "--loss.mode=acl", "--scaling.num_workers=1",
+               "--train.epochs=3", "--train.max_steps_per_epoch=2", "--train.fail_at=2:1:0",
+               "--scaling.max_failures=1")
+    res = run_pretrain(cfg)
+    assert Path(res.run_dir, ".fail_at_done").exists()  # the worker really was killed
+    rows = _metrics(res.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # the restarted worker group continued from the epoch-1 checkpoint, not from scratch
+    assert rows[1]["restored_from"] == 1
+    assert json.loads(Path(res.run_dir, "summary.json").read_text())["status"] == "finished"
+
+
+def test_nan_guard_keeps_last_good_checkpoint(ray_local, manifest, tmp_path):
+    from pipeline.train.driver import TrainingFailed, run_pretrain
+
+    cfg = _cfg(manifest, tmp_path, "nan", "--loss.mode=acl", "--scaling.num_workers=0",
+               "--train.epochs=3", "--train.max_steps_per_epoch=2", "--train.fail_at=2:1:0:nan")
+    with pytest.raises(TrainingFailed, match="non-finite loss in epoch 2"):
+        run_pretrain(cfg)
+    run_dir = tmp_path / "nan"
+    prog = json.loads((run_dir / "progress.json").read_text())
+    assert prog["epoch"] == 1 and prog["checkpoint"].endswith("epoch_00001")
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "epoch_00002").exists()
+
+
+def test_finished_run_is_never_overwritten(ray_local, manifest, tmp_path):
+    from pipeline.train.driver import RunFinishedError, run_pretrain
+
+    cfg = _cfg(manifest, tmp_path, "done", "--loss.mode=simclr", "--scaling.num_workers=0",
+               "--train.epochs=1", "--train.max_steps_per_epoch=1", "--optim.warmup_epochs=0")
+    res = run_pretrain(cfg)
+    before = Path(res.encoder_path).read_bytes()
+    with pytest.raises(RunFinishedError, match="already finished"):
+        run_pretrain(cfg)
+    assert Path(res.encoder_path).read_bytes() == before

@@ -1,0 +1,177 @@
+"""Sweeps (pipeline.tune): grid/name/concurrency logic (fast, no Ray) and a tiny Tune smoke run.
+
+The smoke run (slow, ~5-8 min on 2 busy cores): a 2x1 grid (rcs.fraction 0.3, 0.5 x
+rcs.warmup_epochs 1) + the full-data baseline on ~200 generated 16x16 images, 2 epochs of 2
+steps, width-4 ResNet, 1 Train worker at 0.5 CPU, SLF fine-tuning + PGD-20 on 32 test images.
+Then the same sweep again: every trial is reused (deterministic names), nothing retrains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, PretrainConfig, load_config
+from pipeline.tune.spaces import (
+    BASELINE_NAME,
+    max_concurrent_trials,
+    parse_grid_args,
+    resources_per_trial,
+    trial_config,
+    trial_name,
+    trial_specs,
+    validate_grid,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "jobs" / "configs" / "sweep_demo.yaml"
+
+
+def _base(*overrides: str) -> PretrainConfig:
+    return load_config(PretrainConfig, DEMO, ["--data.manifest=/tmp/none", *overrides])
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast: no Ray
+# ----------------------------------------------------------------------------------------------
+
+
+def test_grid_args_and_names_are_deterministic():
+    grid = parse_grid_args(["rcs.fraction=0.2,0.4", "--rcs.warmup_epochs=1,2", "optim.lr=1e-3"])
+    assert grid == {"rcs.fraction": [0.2, 0.4], "rcs.warmup_epochs": [1, 2], "optim.lr": [0.001]}
+    specs = trial_specs(grid)
+    assert [s.name for s in specs] == [BASELINE_NAME, "k0.2-w1-lr0.001", "k0.2-w2-lr0.001",
+                                       "k0.4-w1-lr0.001", "k0.4-w2-lr0.001"]
+    assert specs[0].is_baseline and specs[0].params == {"rcs.enabled": False}
+    assert [s.name for s in trial_specs(grid)] == [s.name for s in specs]  # same input, same names
+    assert trial_name({"rcs.fraction": 0.25, "train.epochs": 100.0, "rcs.enabled": True}) == "k0.25-e100-rcstrue"
+    # two keys that share a short name fall back to spelled-out keys
+    clash = trial_specs({"optim.lr": [0.1], "rcs.lr": [0.01, 0.02]}, baseline=False)
+    assert [s.name for s in clash] == ["optim_lr_0.1-rcs_lr_0.01", "optim_lr_0.1-rcs_lr_0.02"]
+
+
+def test_trial_config_places_run_under_sweep(tmp_path):
+    base = _base()
+    spec = trial_specs({"rcs.fraction": [0.5]}, baseline=True)
+    cfg = trial_config(base, spec[1], sweep_name="sw", storage_path=str(tmp_path))
+    assert cfg.rcs.fraction == 0.5 and cfg.rcs.enabled
+    assert cfg.run_name() == "sw/k0.5" and cfg.run.storage_path == str(tmp_path)
+    b = trial_config(base, spec[0], sweep_name="sw", storage_path=str(tmp_path))
+    assert not b.rcs.enabled and b.run_name() == "sw/baseline"
+    assert b.train == base.train and b.model == base.model  # same config otherwise
+
+
+def test_validate_grid_rejects_bad_keys_and_values():
+    base = _base()
+    with pytest.raises(ConfigError, match="rcs.fractio"):
+        validate_grid(base, {"rcs.fractio": [0.1]})
+    with pytest.raises(ConfigError, match="rcs.fraction"):
+        validate_grid(base, {"rcs.fraction": [1.5]})
+    with pytest.raises(ConfigError, match="rcs.enabled"):
+        validate_grid(_base("--rcs.enabled=false"), {"rcs.fraction": [0.1]})
+    with pytest.raises(ConfigError, match="run"):
+        validate_grid(base, {"run.name": ["x"]})
+
+
+def test_max_concurrent_trials_from_cluster_resources():
+    gpu = _base("--scaling.use_gpu=true", "--scaling.num_workers=4")
+    assert resources_per_trial(gpu)["GPU"] == 4
+    assert max_concurrent_trials({"CPU": 64, "GPU": 8}, gpu) == 2  # 8 GPUs // 4 per trial
+    assert max_concurrent_trials({"CPU": 64, "GPU": 2}, gpu) == 1  # at least 1
+    cpu = _base("--scaling.num_workers=2", "--scaling.cpus_per_worker=1")
+    # per trial: 1 (driver) + 2 x 1 (workers) + 1 (Ray Data / RCS tasks) = 4 CPUs
+    assert max_concurrent_trials({"CPU": 16}, cpu) == 4
+    assert max_concurrent_trials({"CPU": 4}, _base("--scaling.num_workers=0")) == 2
+    assert max_concurrent_trials({}, cpu) == 1
+
+
+def test_job_dry_run_and_config_errors(capsys):
+    from jobs.sweep import main
+
+    assert main(["--config", str(DEMO), "--data.manifest=/tmp/x", "--grid", "rcs.fraction=0.3,0.5",
+                 "--grid", "rcs.warmup_epochs=1", "--name", "t", "--dry-run", "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "k0.3-w1" in out and "k0.5-w1" in out
+    assert main(["--config", str(DEMO), "--data.manifest=/tmp/x", "--grid", "rcs.nope=1", "--dry-run"]) == 2
+    assert main(["--config", str(DEMO), "--grid", "rcs.fraction=0.3", "--dry-run"]) == 2  # no manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow: a real Tune sweep on a local Ray
+# ----------------------------------------------------------------------------------------------
+
+
+def _tiny_dataset(root: Path) -> str:
+    from jobs.prepare_data import convert
+    from pipeline.data.generate import class_names, generate_imagenet32_format
+
+    generate_imagenet32_format(root / "raw", num_classes=4, train_per_class=50, val_per_class=5, seed=0,
+                               image_size=16, num_train_batches=2)
+    convert("imagenet32", str(root / "raw"), str(root / "train"), split="train", name="gen-tiny",
+            num_classes=4, class_names=class_names(4))
+    return str(root / "train")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tune_sweep_grid_plus_baseline(ray_local, tmp_path):
+    from pipeline.report.collect import collect
+    from pipeline.tune.sweep import EvalSettings, SweepOptions, format_table, run_sweep
+
+    manifest = _tiny_dataset(tmp_path)
+    base = load_config(PretrainConfig, DEMO, [
+        f"--data.manifest={manifest}", "--data.val_fraction=0.1", "--model.width=4", "--attack.steps=1",
+        "--train.epochs=2", "--train.batch_size=32", "--train.max_steps_per_epoch=2",
+        "--rcs.interval=1", "--rcs.batch_size=32", "--rcs.chunk_batches=2", "--rcs.pgd_steps=1",
+        "--rcs.train_pgd_steps=1", "--scaling.num_workers=1", "--scaling.cpus_per_worker=0.5",
+        "--scaling.max_failures=0", f"--run.storage_path={tmp_path / 'runs'}",
+    ])
+    options = SweepOptions(
+        name="smoke", grid={"rcs.fraction": [0.3, 0.5], "rcs.warmup_epochs": [1]},
+        max_concurrent=2,  # 2 x (1 + 0.5) of the 4 logical CPUs: one stays free for Ray Data (G1)
+        eval=EvalSettings(config=str(ROOT / "jobs" / "configs" / "finetune_smoke.yaml"), overrides=(
+            "--model.width=4", "--train.max_steps_per_epoch=2", "--eval.n_examples=32",
+            "--eval.batch_size=32")),
+    )
+    res = run_sweep(base, options)
+    print(format_table(res))
+
+    sweep_dir = tmp_path / "runs" / "smoke"
+    assert Path(res.sweep_json) == sweep_dir / "sweep.json"
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    assert data["sweep_name"] == "smoke"
+    assert data["grid"] == {"rcs.fraction": [0.3, 0.5], "rcs.warmup_epochs": [1]}
+    assert [t["trial_name"] for t in data["trials"]] == ["k0.3-w1", "k0.5-w1"]
+    assert [t["params"] for t in data["trials"]] == [{"rcs.fraction": 0.3, "rcs.warmup_epochs": 1},
+                                                      {"rcs.fraction": 0.5, "rcs.warmup_epochs": 1}]
+    for t in data["trials"]:
+        assert t["status"] == "finished", t
+        run = sweep_dir / t["run_dir"]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["rcs"]["enabled"]
+        assert summary["rcs"]["fraction"] == t["params"]["rcs.fraction"]
+        assert len(summary["rcs"]["selections"]) == 1  # warm-up epoch 1, selection before epoch 2
+        ev = json.loads((run / "eval" / "SLF" / "results.json").read_text())
+        assert 0.0 <= ev["clean_acc"] <= 1.0 and 0.0 <= ev["pgd20_acc"] <= 1.0
+        assert t["metrics"]["slf_pgd20_acc"] == pytest.approx(ev["pgd20_acc"])
+    assert data["baseline_run_dir"] == "baseline"
+    base_summary = json.loads((sweep_dir / "baseline" / "summary.json").read_text())
+    assert base_summary["status"] == "finished" and not base_summary["rcs"]["enabled"]
+    assert (sweep_dir / "tune-k0.3-w1").is_dir()  # Tune's own trial folder, named from the params
+
+    c = collect(sweep_dir)
+    assert c.kind == "sweep"
+    names = [r.name for r in c.rows]
+    assert names[0].endswith("(baseline)") and names[1:] == ["k0.3-w1", "k0.5-w1"]
+    assert all(r.status == "finished" and r.run is not None for r in c.rows[1:])
+    assert all(r.measured is not None for r in c.rows[1:])  # speed-up vs the baseline
+    assert all("SLF" in r.evals for r in c.rows)
+
+    # the same sweep again: deterministic run names -> every trial is found finished and reused
+    again = run_sweep(base, options)
+    assert [o.status for o in again.trials] == ["finished", "finished"]
+    assert again.baseline is not None and again.baseline.status == "finished"
+    assert all(o.metrics.get("reused") for o in [again.baseline, *again.trials])
