@@ -190,6 +190,11 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
             res = _read_json(rp)
             if not isinstance(res, dict):
                 raise ReportError(f"{rp}: expected a JSON object")
+            if isinstance(res.get("results"), list):  # jobs.finetune's file: {"results": [per mode]}
+                picked = [r for r in res["results"] if isinstance(r, dict) and r.get("mode") == mode]
+                if not picked:
+                    raise ReportError(f"{rp}: no results for mode {mode}")
+                res = picked[0]
             evals[mode] = normalise_accuracies(res, str(rp))
     name = str(summary.get("run_name") or d.name)
     return RunRecord(name=name, path=d, summary=summary, config=config, metrics=metrics, evals=evals)

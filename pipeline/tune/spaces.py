@@ -229,25 +229,47 @@ def trial_config(base: PretrainConfig | dict, spec: TrialSpec | Mapping[str, Any
 # ----------------------------------------------------------------------------------------------
 
 
-def resources_per_trial(cfg: PretrainConfig, trial_cpus: float = 1.0, data_cpus: float = 1.0) -> dict[str, float]:
-    """What one running trial holds: its driver process, its Train workers, room for Ray Data.
+def rcs_task_slots(cfg: PretrainConfig) -> int:
+    """CPU slots a trial reserves for its RCS scoring tasks (0 without RCS).
 
-    ``data_cpus`` keeps CPUs free for the dataset read/decode tasks and the RCS scoring tasks:
-    when the workers take every CPU those never schedule and the fit hangs (stack-feasibility G1).
-    With ``num_workers=0`` (Train local mode) training runs inside the trial process itself.
+    Tune captures every task a trial launches into the trial's placement group, so the
+    scoring tasks (1 CPU each, ``pipeline.coreset.ray_tasks``) need bundles of their own there:
+    ``rcs.num_tasks`` of them (0 = one per chunk: then one slot, the tasks take turns).
+    """
+    return max(cfg.rcs.num_tasks, 1) if cfg.rcs.enabled else 0
+
+
+def trial_bundles(cfg: PretrainConfig, trial_cpus: float = 1.0) -> list[dict[str, float]]:
+    """Placement-group bundles of one trial: its driver process, then one per RCS task slot.
+
+    The Train workers are not in here: Ray Train V2 places its worker group in a placement
+    group of its own, outside the trial's.
+    """
+    slot = {"CPU": 1.0, **({"GPU": 1.0} if cfg.rcs.use_gpu else {})}
+    return [{"CPU": float(trial_cpus)}] + [dict(slot) for _ in range(rcs_task_slots(cfg))]
+
+
+def resources_per_trial(cfg: PretrainConfig, trial_cpus: float = 1.0, data_cpus: float = 1.0) -> dict[str, float]:
+    """What one running trial holds: its bundles, its Train workers, room for Ray Data.
+
+    ``data_cpus`` keeps CPUs free for the dataset read/decode tasks: when the workers and the
+    trials take every CPU those never schedule and the fit hangs (stack-feasibility G1). With
+    ``num_workers=0`` (Train local mode) training runs inside the trial process itself.
     """
     w = cfg.scaling.num_workers
-    cpus = trial_cpus + w * cfg.scaling.cpus_per_worker + data_cpus
-    gpus = float(max(w, 1)) if cfg.scaling.use_gpu else 0.0
+    bundles = trial_bundles(cfg, trial_cpus)
+    cpus = sum(b.get("CPU", 0.0) for b in bundles) + w * cfg.scaling.cpus_per_worker + data_cpus
+    gpus = (float(max(w, 1)) if cfg.scaling.use_gpu else 0.0) + sum(b.get("GPU", 0.0) for b in bundles)
     return {"CPU": cpus, "GPU": gpus}
 
 
 def max_concurrent_trials(cluster: Mapping[str, float], cfg: PretrainConfig, *, trial_cpus: float = 1.0,
                           data_cpus: float = 1.0) -> int:
-    """``GPUs // gpus_per_trial`` for GPU runs, else ``CPUs // cpus_per_trial``; at least 1.
+    """``GPUs // gpus_per_trial`` when trials use GPUs, else ``CPUs // cpus_per_trial``; at least 1.
 
     ``cluster`` is ``ray.cluster_resources()``. Limiting concurrency keeps idle trial drivers
-    from piling up while they wait for workers (Ray's Train+Tune guide).
+    from piling up while they wait for workers (Ray's Train+Tune guide), and on CPU-only
+    clusters keeps the trials' placement groups from starving their own Train workers.
     """
     need = resources_per_trial(cfg, trial_cpus, data_cpus)
     if need["GPU"] > 0:

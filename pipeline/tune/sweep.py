@@ -28,6 +28,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
@@ -35,6 +36,7 @@ from typing import Any, Optional, Sequence
 import ray
 import ray.tune
 from ray import tune
+from ray.tune import PlacementGroupFactory
 
 from pipeline.config import PretrainConfig, dump_yaml, load_config, to_dict
 from pipeline.config import replace as cfg_replace
@@ -43,6 +45,7 @@ from pipeline.tune.spaces import (
     BASELINE_NAME,
     TrialSpec,
     max_concurrent_trials,
+    trial_bundles,
     trial_config,
     trial_specs,
     validate_grid,
@@ -170,6 +173,9 @@ def evaluate_trial(run_dir: str, cfg: PretrainConfig, settings: Optional[EvalSet
         *([f"--data.test_manifest={settings.test_manifest}"] if settings.test_manifest else []),
         f"--run.storage_path={os.path.join(run_dir, 'eval', '_ray')}",
         *settings.overrides,
+        # in-process evaluation: Ray tasks launched from a trial land in its placement group,
+        # which has no slots for them
+        "--eval.num_tasks=0",
     ]
     fcfg = load_finetune_config(path, overrides)
     results = run_finetune(fcfg, os.path.join(out, "finetune"), use_ray=settings.use_ray,
@@ -235,12 +241,13 @@ def final_metrics(summary: dict[str, Any], ev: Optional[dict[str, Any]]) -> dict
 def train_driver_fn(config: dict[str, Any]) -> None:
     """One Tune trial: pre-train (``run_pretrain``), evaluate, report.
 
-    ``config`` = ``{"base": PretrainConfig dict, "trial": {"name", "params", "baseline"},
-    "sweep": {"name", "storage_path", "eval": EvalSettings dict}}``.
+    ``config`` = ``{"base": PretrainConfig dict, "trial": name, "trials": {name: {"name",
+    "params", "baseline"}}, "sweep": {"name", "storage_path", "eval": EvalSettings dict}}``.
     """
     from pipeline.train.driver import run_pretrain
 
-    spec, sw = config["trial"], config["sweep"]
+    sw = config["sweep"]
+    spec = config["trials"][config["trial"]]
     cfg = trial_config(config["base"], spec, sweep_name=sw["name"], storage_path=sw["storage_path"])
     endpoint = cfg.data.s3_endpoint or None
     run_dir = join_uri(sw["storage_path"], cfg.run_name())
@@ -311,14 +318,14 @@ class _SweepJsonCallback(tune.Callback):
         self.sj = sj
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.sj.set(trial.config["trial"]["name"], "running")
+        self.sj.set(trial.config["trial"], "running")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.sj.set(trial.config["trial"]["name"], "finished", trial.last_result)
+        self.sj.set(trial.config["trial"], "finished", trial.last_result)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         err = getattr(trial, "error_file", None)
-        self.sj.set(trial.config["trial"]["name"], "failed", error=f"see {err}" if err else "failed")
+        self.sj.set(trial.config["trial"], "failed", error=f"see {err}" if err else "failed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,6 +346,14 @@ def plan_sweep(base: PretrainConfig, options: SweepOptions) -> tuple[str, list[T
     for s in specs:  # every trial config must build before any compute is spent
         trial_config(base, s, sweep_name=name, storage_path=_abs_storage(base.run.storage_path))
     return name, specs
+
+
+def _error_line(err: BaseException) -> str:
+    """The exception's own message line out of a Ray traceback (no colour codes)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(err).splitlines()]
+    lines = [ln for ln in lines if ln]
+    named = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failed)\b", ln)]
+    return (named[-1] if named else (lines[-1] if lines else type(err).__name__))[:500]
 
 
 def run_sweep(base: PretrainConfig, options: SweepOptions | None = None) -> SweepResult:
@@ -378,16 +393,25 @@ def run_sweep(base: PretrainConfig, options: SweepOptions | None = None) -> Swee
         "base": to_dict(base),
         "sweep": {"name": name, "storage_path": storage, "eval": asdict(ev)},
         # explicit points (baseline first): deterministic names and order, one Tuner for all
-        "trial": tune.grid_search([s.as_dict() for s in specs]),
+        "trials": {s.name: s.as_dict() for s in specs},
+        "trial": tune.grid_search([s.name for s in specs]),
     }
-    trainable = tune.with_resources(train_driver_fn, {"CPU": options.trial_cpus})
+
+    def bundles(config: dict[str, Any]) -> PlacementGroupFactory:
+        # the trial's driver + slots for the RCS scoring tasks it launches (Tune puts them in
+        # the trial's placement group); the baseline needs no slots
+        cfg = trial_config(config["base"], config["trials"][config["trial"]], sweep_name=name,
+                           storage_path=storage)
+        return PlacementGroupFactory(trial_bundles(cfg, options.trial_cpus))
+
+    trainable = tune.with_resources(train_driver_fn, bundles)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=k,
-            trial_name_creator=lambda t: t.config["trial"]["name"],
-            trial_dirname_creator=lambda t: f"tune-{t.config['trial']['name']}",
+            trial_name_creator=lambda t: t.config["trial"],
+            trial_dirname_creator=lambda t: f"tune-{t.config['trial']}",
         ),
         run_config=ray.tune.RunConfig(name=name, storage_path=storage, callbacks=[_SweepJsonCallback(sj)],
                                       verbose=1),
@@ -399,14 +423,14 @@ def run_sweep(base: PretrainConfig, options: SweepOptions | None = None) -> Swee
     # final state from the results (the callback may have missed a state on driver restarts)
     by_name = {}
     for r in grid_result:
-        n = (r.config or {}).get("trial", {}).get("name")
+        n = (r.config or {}).get("trial")
         if n:
             by_name[n] = r
     for s in specs:
         r = by_name.get(s.name)
         summary = _read_json(join_uri(sweep_dir, s.name, "summary.json"), endpoint)
         if r is not None and r.error is not None:
-            sj.set(s.name, "failed", r.metrics, error=str(r.error).splitlines()[0][:500])
+            sj.set(s.name, "failed", r.metrics, error=_error_line(r.error))
         elif summary and summary.get("status") == "finished":
             sj.set(s.name, "finished", (r.metrics if r is not None else None))
         else:

@@ -19,6 +19,7 @@ from pipeline.tune.spaces import (
     max_concurrent_trials,
     parse_grid_args,
     resources_per_trial,
+    trial_bundles,
     trial_config,
     trial_name,
     trial_specs,
@@ -81,9 +82,13 @@ def test_max_concurrent_trials_from_cluster_resources():
     assert max_concurrent_trials({"CPU": 64, "GPU": 8}, gpu) == 2  # 8 GPUs // 4 per trial
     assert max_concurrent_trials({"CPU": 64, "GPU": 2}, gpu) == 1  # at least 1
     cpu = _base("--scaling.num_workers=2", "--scaling.cpus_per_worker=1")
-    # per trial: 1 (driver) + 2 x 1 (workers) + 1 (Ray Data / RCS tasks) = 4 CPUs
-    assert max_concurrent_trials({"CPU": 16}, cpu) == 4
-    assert max_concurrent_trials({"CPU": 4}, _base("--scaling.num_workers=0")) == 2
+    # per trial: 1 (driver) + 1 (RCS scoring slot) + 2 x 1 (workers) + 1 (Ray Data) = 5 CPUs
+    assert trial_bundles(cpu) == [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert max_concurrent_trials({"CPU": 16}, cpu) == 3
+    no_rcs = _base("--scaling.num_workers=0", "--rcs.enabled=false")
+    assert trial_bundles(no_rcs, trial_cpus=0.5) == [{"CPU": 0.5}]
+    assert max_concurrent_trials({"CPU": 4}, no_rcs) == 2  # 1 (driver, trains in-process) + 1
+    assert trial_bundles(_base("--rcs.num_tasks=3", "--rcs.use_gpu=true"))[1:] == [{"CPU": 1.0, "GPU": 1.0}] * 3
     assert max_concurrent_trials({}, cpu) == 1
 
 
@@ -131,7 +136,7 @@ def test_tune_sweep_grid_plus_baseline(ray_local, tmp_path):
     ])
     options = SweepOptions(
         name="smoke", grid={"rcs.fraction": [0.3, 0.5], "rcs.warmup_epochs": [1]},
-        max_concurrent=2,  # 2 x (1 + 0.5) of the 4 logical CPUs: one stays free for Ray Data (G1)
+        # auto: 4 logical CPUs // (1 driver + 1 RCS slot + 0.5 worker + 1 Ray Data) = 1 at a time
         eval=EvalSettings(config=str(ROOT / "jobs" / "configs" / "finetune_smoke.yaml"), overrides=(
             "--model.width=4", "--train.max_steps_per_epoch=2", "--eval.n_examples=32",
             "--eval.batch_size=32")),
