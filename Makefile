@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: venv demo test test-fast bench clean-venv
+.PHONY: venv ffcv demo test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Optional FFCV fast path: needs system libraries (apt, as root) and a C++ build. Best effort:
+# when it cannot be installed, its tests are skipped and everything else works.
+FFCV_STAMP := $(VENV)/.ffcv-tried
+$(FFCV_STAMP): $(STAMP)
+	@if ! $(BIN)/python -c "import ffcv" 2>/dev/null; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      libturbojpeg0-dev libopencv-dev pkg-config) >/dev/null 2>&1 || echo "note: apt-get of FFCV libraries failed"; \
+	  fi; \
+	  $(BIN)/python -m pip install -q -e ".[ffcv]" || echo "note: ffcv not installed; its tests will be skipped"; \
+	fi
+	touch $@
+
+ffcv: $(FFCV_STAMP)
+
 demo: venv
 	$(BIN)/python -m jobs.demo
 
-test: venv
+test: venv ffcv
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

@@ -9,7 +9,7 @@ step benchmark runs on a GPU box without Ray). Each benchmark prints a table and
     python -m jobs.benchmark step --width 4 --batch 4 --steps 1 --warmup 0     # seconds
     # on a GPU (MFU against anchors §E; H100/H200 peak detected from the device name)
     python -m jobs.benchmark step --device cuda --amp bf16 --channels-last --batch 512
-    python -m jobs.benchmark step --device cuda --amp bf16 --arch wrn --depth 28 --widen 10 --batch 256
+    python -m jobs.benchmark step --device cuda --amp bf16 --arch wrn --batch 256   # WRN-28-10
     # input pipeline and RCS selection (need Ray)
     python -m jobs.benchmark data --help
     python -m jobs.benchmark rcs --smoke-test

@@ -1,8 +1,8 @@
 """Pre-training step benchmark: our optimised ACL / AIR step vs the authors' plain step.
 
-    OMP_NUM_THREADS=2 python -m jobs.benchmark step --threads 2          # CPU, ResNet-18 w64, batch 32
+    OMP_NUM_THREADS=2 python -m jobs.benchmark step --threads 2   # CPU: ResNet-18 w64, batch 32
     python -m jobs.benchmark step --device cuda --amp bf16 --channels-last --batch 512
-    python -m jobs.benchmark step --device cuda --amp bf16 --arch wrn --depth 28 --widen 10 --batch 256
+    python -m jobs.benchmark step --device cuda --amp bf16 --arch wrn --batch 256   # WRN-28-10
     # or without the dispatcher:
     python -c "import sys; from pipeline.benchmarks.step import main; main(sys.argv[1:])" --steps 2
 
@@ -163,13 +163,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch", type=int, default=32, help="images per step")
     p.add_argument("--steps", type=int, default=3, help="timed steps per implementation and mode")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation and mode")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per impl and mode")
     p.add_argument("--modes", default="acl,air", help="comma list of acl, air")
     p.add_argument("--pgd-steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.5, help="LARS lr (any value: speed only)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", choices=("none", "bf16"), default="none")
-    p.add_argument("--channels-last", action="store_true", help="NHWC model and inputs (both impls)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model + inputs (both)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (both impls)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="override the device peak")
@@ -201,7 +201,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
     return {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -381,13 +384,23 @@ def main(argv: list[str]) -> dict[str, Any]:
             ours["goal_text"] = "MFU n/a (unknown peak or FLOP count)"
         print(f"[{mode}] ours {ours['s_per_step']:.3f} s/step, baseline {ref['s_per_step']:.3f} "
               f"s/step", flush=True)
+        # partial JSON after every mode: a run cut short on a shared machine still leaves data
+        _write(a.out, _result(a, machine, parity, rows, peak, peak_src, complete=False))
 
-    table = _table(rows)
-    print(table)
-    result: dict[str, Any] = {
+    result = _result(a, machine, parity, rows, peak, peak_src, complete=True)
+    print(result["table"])
+    _write(a.out, result)
+    return result
+
+
+def _result(a: argparse.Namespace, machine: dict[str, Any], parity: dict[str, Any] | None,
+            rows: list[dict[str, Any]], peak: float | None, peak_src: str,
+            complete: bool) -> dict[str, Any]:
+    return {
         "benchmark": "step",
+        "complete": complete,  # False: written after some modes only (a run cut short)
         "machine": machine,
-        "settings": {k: v for k, v in vars(a).items()},
+        "settings": dict(vars(a)),
         "parity": parity,
         "results": rows,
         "ratios": {r["mode"]: r["ratio"] for r in rows if r["impl"] == "ours"},
@@ -401,13 +414,16 @@ def main(argv: list[str]) -> dict[str, Any]:
             "mfu uses the reference FLOPs of the authors' algorithm (anchors §E);"
             " mfu_executed the FLOPs the impl performs",
         ],
-        "table": table,
+        "table": _table(rows),
     }
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        atomic_write_text(a.out, json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {a.out}")
-    return result
+
+
+def _write(out: str, result: dict[str, Any]) -> None:
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
+        if result["complete"]:
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":

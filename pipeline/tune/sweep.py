@@ -6,12 +6,15 @@ Shape (``run_sweep``):
           tune_config=TuneConfig(max_concurrent_trials=K, trial_name_creator=<params>),
           run_config=ray.tune.RunConfig(name=<sweep>, storage_path=<storage>))
 
-Each trial runs ``train_driver_fn(config)`` in its own Tune actor: it builds the trial's
-``PretrainConfig`` (base + the trial's dotted params, run name ``<sweep>/<trial>``), calls
-``run_pretrain`` (which builds and fits the TorchTrainers and runs the RCS selections), then
+``config["trial"]`` is the trial's name (a grid over the explicit points, baseline first) and
+``config["trials"][name]`` its params. Each trial runs ``train_driver_fn(config)`` in its own
+Tune actor: it builds the trial's ``PretrainConfig`` (base + the trial's dotted params, run name
+``<sweep>/<trial>``), calls ``run_pretrain`` (which builds and fits the TorchTrainers and runs the RCS selections), then
 ``evaluate_trial`` (SLF fine-tuning + PGD-20 on a small test set), and reports the final
 numbers with ``ray.tune.report``. K comes from ``ray.cluster_resources()``
-(``spaces.max_concurrent_trials``).
+(``spaces.max_concurrent_trials``). A trial's placement group holds its driver (``trial_cpus``)
+plus one CPU slot per RCS scoring task (Tune puts every task a trial launches in the trial's
+group; the Train worker group gets a group of its own from Ray Train).
 
 Layout under ``<storage>/<sweep>/``: ``sweep.json`` (written here, atomically, after every trial
 state change), one run folder per trial (``baseline/``, ``k0.2-w1/``, ...: the pre-training
@@ -254,7 +257,10 @@ def train_driver_fn(config: dict[str, Any]) -> None:
     summary = _finished_with_same_config(cfg, run_dir, endpoint)
     reused = summary is not None
     if summary is None:
-        summary = run_pretrain(cfg, **_tune_callbacks_kwarg()).summary
+        res = run_pretrain(cfg, **_tune_callbacks_kwarg())
+        if res is None:  # only with stop_after, which sweeps do not use
+            raise RuntimeError(f"{spec['name']}: run_pretrain returned no result for {run_dir}")
+        summary = res.summary
     else:
         print(f"[sweep] {spec['name']}: finished run found in {run_dir}; not training again", flush=True)
     ev_dict = dict(sw.get("eval") or {})

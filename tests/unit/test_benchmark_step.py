@@ -117,7 +117,8 @@ def test_main_tiny_writes_json(tmp_path: Path, capsys):
     text = capsys.readouterr().out
     assert "parity: ok (|diff|=" in text and "images/s" in text
     data = json.loads(out.read_text())
-    assert data["benchmark"] == "step" and res["ratios"].keys() == data["ratios"].keys()
+    assert data["benchmark"] == "step" and data["complete"] is True
+    assert res["ratios"].keys() == data["ratios"].keys()
     assert set(data) >= {"machine", "settings", "parity", "results", "ratios", "goals", "table"}
     assert set(data["machine"]) >= {"cpu_count", "torch_version", "device", "device_name",
                                     "torch_threads"}
@@ -149,7 +150,7 @@ def test_dispatcher_runs_step_and_reports_errors(tmp_path: Path, capsys):
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
     assert dispatcher.main([]) == 2
     assert dispatcher.load("step") is bench
-    with pytest.raises(LookupError, match="not available: module pipeline.no_such_pkg.step not found"):
+    with pytest.raises(LookupError, match="module pipeline.no_such_pkg.step not found"):
         dispatcher.load("step", package="pipeline.no_such_pkg")
     with pytest.raises(LookupError, match="not available"):
         dispatcher.load("step", package="pipeline.models")  # package exists, module does not

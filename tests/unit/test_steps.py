@@ -86,7 +86,8 @@ def test_loss_backward_and_lars_step(mode: str, arch: str):
 
     assert res.loss.dim() == 0 and torch.isfinite(res.loss)
     assert set(res.parts) == PARTS
-    assert all(v.dim() == 0 and torch.isfinite(v) and not v.requires_grad for v in res.parts.values())
+    for v in res.parts.values():
+        assert v.dim() == 0 and torch.isfinite(v) and not v.requires_grad
     p = {k: float(v) for k, v in res.parts.items()}
     # NT-Xent over 2N = 8 anchors is at least log(1) and near log(2N-1) = 1.95 at init.
     assert 0.0 < p["cl_nat"] < 10.0
@@ -142,8 +143,8 @@ def test_train_step_matches_pretrain_loss_and_moves_weights(mode: str):
 def test_segmented_equals_separate_passes_float64(arch: str, with_orig: bool):
     net_a = _build("air", arch).double()
     net_b = copy.deepcopy(net_a)
-    seg, sep = PretrainForward(net_a, segmented=True).train(), PretrainForward(net_b, segmented=False)
-    sep.train()
+    seg = PretrainForward(net_a, segmented=True).train()
+    sep = PretrainForward(net_b, segmented=False).train()
     assert seg.segmented and not sep.segmented
     g = torch.Generator().manual_seed(7)
     x_nat = torch.rand(2 * N, 3, SIDE, SIDE, generator=g, dtype=torch.float64)
