@@ -71,6 +71,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # --x.milestones=3 means (3,)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -125,7 +127,13 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for f in dataclasses.fields(cls):
         if f.name in data:
             key = f"{prefix}.{f.name}" if prefix else f.name
-            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+            value = data[f.name]
+            default = _field_default(f)
+            if isinstance(value, dict) and dataclasses.is_dataclass(default):
+                # a partial section overrides the *field's* default (e.g. a default_factory that
+                # sets num_workers=0), not the section class's own defaults
+                value = _deep_merge(to_dict(default), value)
+            kwargs[f.name] = _coerce(value, hints[f.name], key)
     try:
         obj = cls(**kwargs)
     except ConfigError:
@@ -133,6 +141,19 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
     return obj
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def from_dict(cls: type, data: dict) -> Any:

@@ -14,6 +14,7 @@ from pipeline.config import (
     config_hash,
     from_dict,
     load_config,
+    ScalingConfig,
     replace,
     to_dict,
 )
@@ -114,3 +115,21 @@ def test_cross_section_checks():
         load_config(PretrainConfig, None, ["--train.epochs=5"])
     with pytest.raises(ConfigError, match=r"rcs.warmup_epochs \(100\) must be < train.epochs"):
         load_config(PretrainConfig, None, ["--train.epochs=50", "--rcs.enabled=true"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    scaling: ScalingConfig = dataclasses.field(default_factory=lambda: ScalingConfig(num_workers=0))
+
+
+def test_partial_section_keeps_the_fields_own_default():
+    Job = _Job
+    # overriding one key must not reset num_workers to ScalingConfig's class default (1)
+    job = load_config(Job, None, ["--scaling.use_gpu=true"])
+    assert job.scaling.num_workers == 0 and job.scaling.use_gpu is True
+    assert load_config(Job, None, []).scaling.num_workers == 0
+
+
+def test_scalar_for_a_tuple_field():
+    c = load_config(PretrainConfig, None, ["--model.bn_names=pgd"])
+    assert c.model.bn_names == ("pgd",)

@@ -20,6 +20,7 @@ RAY_ALLOWED = {
     "train/loops.py",
     "train/driver.py",
     "train/sat_loops.py",
+    "train/sat_driver.py",
     "tune/sweep.py",
     "ray_utils.py",
     "benchmarks/data.py",
