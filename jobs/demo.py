@@ -9,7 +9,7 @@ Steps (each skipped when its finished artefact is already there, so a re-run is 
      parquet shards + manifest (the real converter);
   2. DynACL-AIR pre-training with RCS coreset selection, and the matching full-data run
      (the baseline for the speed-up), on Ray Train / Ray Data / Ray tasks;
-  3. SLF and ALF fine-tuning of both encoders, evaluated with clean accuracy, PGD-20 and a cheap
+  3. SLF, ALF and AFF fine-tuning of both encoders, evaluated with clean accuracy, PGD-20 and a cheap
      AutoAttack subset (APGD-CE + APGD-T);
   4. the report: speed-up, accuracies, cost, plots -> demo_out/runs/demo/report/report.{md,html}.
 """
@@ -63,7 +63,7 @@ def finetune(run_dir: str, train: str, test: str, small: bool) -> None:
     from pipeline.finetune.config import load_finetune_config
     from pipeline.finetune.driver import run_finetune
 
-    for mode in ("SLF", "ALF"):
+    for mode in ("SLF", "ALF", "AFF"):
         out = Path(run_dir) / "eval" / mode
         if (out / "results.json").exists():
             print(f"[demo] {Path(run_dir).name} {mode}: already evaluated", flush=True)
@@ -72,7 +72,7 @@ def finetune(run_dir: str, train: str, test: str, small: bool) -> None:
                      f"--data.test_manifest={test}", f"--mode={mode}", f"--run.storage_path={Path(run_dir) / 'eval'}",
                      f"--run.name=ft-{mode.lower()}"]
         if small:
-            overrides += ["--slf.epochs=2", "--alf.epochs=1", "--eval.n_examples=64", "--eval.aa_version=fast"]
+            overrides += ["--slf.epochs=2", "--alf.epochs=1", "--aff.epochs=1", "--eval.n_examples=64", "--eval.aa_version=fast"]
         cfg = load_finetune_config(ROOT / "configs" / "finetune_demo.yaml", overrides)
         run_finetune(cfg, out, use_ray=True, log=lambda s, m=mode: print(f"[demo] {m}: {s}", flush=True))
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rcs_dir = pretrain(base, "demo-rcs", storage, ["--rcs.enabled=true"])
     full_dir = pretrain(base, "demo-full", storage, ["--rcs.enabled=false"])
 
-    print("[demo] 3/4 fine-tuning (SLF, ALF) and evaluation (clean, PGD-20, AutoAttack subset)", flush=True)
+    print("[demo] 3/4 fine-tuning (SLF, ALF, AFF) and evaluation (clean, PGD-20, AutoAttack subset)", flush=True)
     for d in (rcs_dir, full_dir):
         finetune(d, train, test, args.small)
 

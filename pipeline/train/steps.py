@@ -135,10 +135,10 @@ def pretrain_loss(
         x_adv = torch.cat([x_i_adv, x_j_adv]).contiguous(memory_format=mf)
         x_orig = to_float(images).contiguous(memory_format=mf) if s.mode == "air" else None
         z, z_adv, z_o = forward(x_nat, x_adv, x_orig)
-    z, z_adv = z.float(), z_adv.float()
+    # no casts here: the losses upcast bf16/fp16 projections to fp32 themselves and keep float64
     if s.mode == "air":
         out = air_loss(
-            z[:n], z[n:], z_o.float(), z_adv[:n], z_adv[n:], weight=s.weight,
+            z[:n], z[n:], z_o, z_adv[:n], z_adv[n:], weight=s.weight,
             lambda1=s.lambda1, lambda2=s.lambda2, temperature=s.temperature, kl_form=s.kl_form,
         )
         parts = {k: getattr(out, k).detach() for k in ("cl_nat", "cl_adv", "sir", "air")}
