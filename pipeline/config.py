@@ -319,7 +319,7 @@ class ModelConfig:
     head_dim: int = 0  # 0 = the encoder's feature dim (512 / 640), as the authors
     bn_names: tuple[str, ...] = ("normal", "pgd")  # order of the dual BN branches
     normalize: bool = True  # ImageNet mean/std inside the model (ResNet); WRN has none
-    channels_last: bool = False  # NHWC memory format (faster on GPU)
+    channels_last: bool = True  # NHWC memory format: faster on GPUs and, measured, on CPUs (oneDNN)
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.widen < 1:

@@ -169,7 +169,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.5, help="LARS lr (any value: speed only)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", choices=("none", "bf16"), default="none")
-    p.add_argument("--channels-last", action="store_true", help="NHWC model + inputs (both)")
+    p.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+                   help="memory format of OUR step (default NHWC, the trainer's default)")
+    p.add_argument("--baseline-layout", choices=("nchw", "nhwc"), default="nchw",
+                   help="memory format of the baseline (default NCHW, as the authors' code)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (both impls)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="override the device peak")
@@ -244,10 +247,14 @@ def _gflop(a: argparse.Namespace, mode: str, impl: str) -> tuple[float | None, f
     return ref, forwards * fwd
 
 
-def _settings(a: argparse.Namespace, mode: str) -> StepSettings:
+def _nhwc(a: argparse.Namespace, impl: str) -> bool:
+    return (a.layout if impl == "ours" else a.baseline_layout) == "nhwc"
+
+
+def _settings(a: argparse.Namespace, mode: str, impl: str) -> StepSettings:
     return StepSettings(
         mode=mode, strength=1.0, weight=0.0, steps=a.pgd_steps,
-        amp_dtype=torch.bfloat16 if a.amp == "bf16" else None, channels_last=a.channels_last,
+        amp_dtype=torch.bfloat16 if a.amp == "bf16" else None, channels_last=_nhwc(a, impl),
     )
 
 
@@ -257,12 +264,14 @@ class _Runner:
     def __init__(self, impl: str, base: nn.Module, a: argparse.Namespace, s: StepSettings) -> None:
         self.impl, self.s = impl, s
         self.net = copy.deepcopy(base)
+        if _nhwc(a, impl):
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = LARS(self.net.parameters(), lr=a.lr)
         run_net = torch.compile(self.net) if a.compile else self.net
         self.run_net = run_net
         if impl == "ours":
-            fwd = PretrainForward(self.net, segmented=True)
-            self.segmented = fwd.segmented
+            fwd = PretrainForward(self.net)  # the trainer's default: segmented on CUDA only
+            self.segmented = a.device == "cuda"  # PretrainForward's default: segments on CUDA only
             self.fwd = torch.compile(fwd) if a.compile else fwd
         self.times: list[float] = []
         self.last_loss = float("nan")
@@ -293,12 +302,15 @@ class _Runner:
 
 
 def _parity(base: nn.Module, a: argparse.Namespace, mode: str, images: Tensor) -> dict[str, Any]:
-    s = _settings(a, mode)
-    ours = _Runner("ours", base, a, s).loss_only(images, a.seed)
-    ref = _Runner("baseline", base, a, s).loss_only(images, a.seed)
+    # Same memory format for both: PGD takes the sign of the gradient, so the last-bit differences
+    # between NHWC and NCHW convolutions flip a few signs and change the loss slightly. Parity
+    # checks the algorithm; the layout is a separate, timed choice.
+    a = argparse.Namespace(**{**vars(a), "layout": a.baseline_layout})
+    ours = _Runner("ours", base, a, _settings(a, mode, "ours")).loss_only(images, a.seed)
+    ref = _Runner("baseline", base, a, _settings(a, mode, "baseline")).loss_only(images, a.seed)
     diff = abs(ours - ref)
     ok = diff <= a.parity_tol * max(1.0, abs(ref))
-    return {"mode": mode, "loss_ours": ours, "loss_baseline": ref, "abs_diff": diff,
+    return {"mode": mode, "layout": a.baseline_layout, "loss_ours": ours, "loss_baseline": ref, "abs_diff": diff,
             "tol": a.parity_tol, "ok": bool(ok)}
 
 
@@ -320,8 +332,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
     base = build_model(a.arch, width=a.width, depth=a.depth, widen=a.widen).to(device)
-    if a.channels_last:
-        base = base.to(memory_format=torch.channels_last)
     g = torch.Generator(device="cpu").manual_seed(a.seed)
     images = torch.randint(0, 256, (a.batch, 3, a.image_size, a.image_size), generator=g,
                            dtype=torch.uint8).to(device)
@@ -329,7 +339,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(f"step benchmark: {a.arch} {_shape_key(a)[1:]} batch {a.batch} {a.image_size}px "
           f"PGD-{a.pgd_steps}, {a.steps} timed + {a.warmup} warm-up steps per impl, "
           f"{machine['device_name']} ({machine['torch_threads']} threads), amp {a.amp}, "
-          f"channels_last {a.channels_last}, compile {a.compile}", flush=True)
+          f"layout ours {a.layout} / baseline {a.baseline_layout}, compile {a.compile}", flush=True)
 
     parity: dict[str, Any] | None = None
     if not a.no_parity:
@@ -342,8 +352,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     peak, peak_src = _peak(a, machine["device_name"]) if device.type == "cuda" else (None, "cpu")
     rows: list[dict[str, Any]] = []
     for mode in a.modes:
-        s = _settings(a, mode)
-        runners = {impl: _Runner(impl, base, a, s) for impl in IMPLS}
+        runners = {impl: _Runner(impl, base, a, _settings(a, mode, impl)) for impl in IMPLS}
         for k in range(a.warmup):
             for impl in IMPLS:
                 runners[impl].step(images, a.seed + 1000 + k, timed=False)

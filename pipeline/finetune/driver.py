@@ -30,20 +30,9 @@ from pipeline.eval.robust import EvalConfig, evaluate_model
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.loops import finetune_loop_per_worker
 from pipeline.finetune.modes import finetune
+from pipeline.train.segments import ensure_ray  # one way to find / start Ray for every job
 
 Log = Callable[[str], None]
-
-
-def ensure_ray(address: str = "") -> None:
-    """Connect to ``address`` / RAY_ADDRESS (``ray job submit`` sets it), else start locally."""
-    if ray.is_initialized():
-        return
-    addr = address or os.environ.get("RAY_ADDRESS") or None
-    if addr:
-        ray.init(address=addr)
-    else:
-        # 4 logical CPUs on 2-core boxes: Train workers at 0.5 CPU + eval tasks still fit (G1)
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
 
 
 def load_pretrained(path: str, model_cfg: ModelConfig) -> torch.nn.Module:

@@ -140,7 +140,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[pretrain] resumed from epoch {epoch0} ({ckpt.path})", flush=True)
 
-    forward = PretrainForward(net, segmented=not cfg.train.sync_bn)
+    forward = PretrainForward(net, segmented=False if cfg.train.sync_bn else None)
     if world > 1:
         if cfg.train.sync_bn:
             forward = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)

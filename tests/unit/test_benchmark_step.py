@@ -135,7 +135,7 @@ def test_main_tiny_writes_json(tmp_path: Path, capsys):
         assert r["images_per_s"] == pytest.approx(4 / r["s_per_step"])
         assert torch.isfinite(torch.tensor(r["last_loss"]))
         assert "mfu" not in r  # CPU: no MFU
-    assert rows[("acl", "ours")]["segmented"] is True
+    assert rows[("acl", "ours")]["segmented"] is False  # segments only on CUDA (PretrainForward default)
     assert data["ratios"]["acl"] == pytest.approx(
         rows[("acl", "ours")]["images_per_s"] / rows[("acl", "baseline")]["images_per_s"])
     assert "goal_met" in rows[("air", "ours")]

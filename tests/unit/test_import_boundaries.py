@@ -21,6 +21,7 @@ RAY_ALLOWED = {
     "train/driver.py",
     "train/sat_loops.py",
     "train/sat_driver.py",
+    "train/segments.py",
     "tune/sweep.py",
     "ray_utils.py",
     "benchmarks/data.py",

@@ -181,19 +181,13 @@ def _pretrain_loss_float64(segmented: bool):
 
 def test_segmented_pretrain_loss_equals_separate_float64():
     a, b = _pretrain_loss_float64(True), _pretrain_loss_float64(False)
-    # float32 tolerance: pretrain_loss casts the projections with .float() (see the xfail below)
-    torch.testing.assert_close(a.loss, b.loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-10, atol=1e-12)
     for k in PARTS:
-        torch.testing.assert_close(a.parts[k], b.parts[k], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.parts[k], b.parts[k], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "steps.py bug: pretrain_loss does `z, z_adv = z.float(), z_adv.float()` (and z_o.float()), "
-    "meant to upcast bf16/fp16 under autocast, but it also DOWNcasts float64 projections to "
-    "float32, so a float64 model gets a float32 loss (gradient checks in float64 lose precision). "
-    "Fix: upcast only half types, e.g. `z if z.dtype not in (torch.float16, torch.bfloat16) "
-    "else z.float()` (as pipeline.losses.air._upcast does)."))
 def test_pretrain_loss_keeps_float64():
+    # regression: the projections used to be cast with .float(), downcasting float64 to float32
     assert _pretrain_loss_float64(True).loss.dtype == torch.float64
 
 

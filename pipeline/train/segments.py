@@ -1,0 +1,358 @@
+"""The segmented run shared by pre-training and SAT (driver layer: imports ray).
+
+Shape of a run (``run_segments``):
+
+    warm-up epochs on the full training set ........ one TorchTrainer.fit()
+    for every selection epoch e (W+1, W+1+I, ...):
+        RCS selection at the current weights ........ parallel Ray tasks, merged here
+        epochs e .. e+I-1 on the coreset ............ one TorchTrainer.fit() (same run name)
+    export encoder.pt, summary.json
+
+Every fit uses the same ``RunConfig(name, storage_path)``, so Ray Train hands each new worker
+group the newest checkpoint of the run (and restarts a failed group from it, up to
+``scaling.max_failures`` times). Between fits the training workers are gone, so the selection
+tasks get every GPU of the cluster. ``progress.json`` (epoch reached, newest checkpoint, coreset
+file, selections, fits, times) lets a re-run of the same job continue where it stopped; a run
+whose ``summary.json`` says finished is never touched again.
+
+What differs between pre-training and SAT is a ``RunSpec``: the worker loop, how to build the
+model, the selection kind and spec, and extra summary fields.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from pipeline.config import dump_yaml, to_dict
+from pipeline.data.ray_datasets import read_dataset
+from pipeline.data.shards import Manifest, read_manifest, split_by_index
+from pipeline.data.storage import exists, join_uri, read_bytes, resolve, write_bytes_atomic
+from pipeline.models import save_encoder
+from pipeline.train.checkpoint import TrainState, load_state
+
+
+class RunFinishedError(RuntimeError):
+    """The run name already holds a finished run (or another config); nothing is overwritten."""
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSpec:
+    """The parts of a segmented run that differ between pre-training and SAT."""
+
+    tag: str  # log prefix and summary "mode" fallback
+    mode: str  # summary/encoder "mode" (simclr/acl/dynacl/air/sat)
+    loop: Callable[[dict[str, Any]], None]  # Ray Train worker function
+    build_model: Callable[[Manifest], torch.nn.Module]  # fresh model (workers' initial weights)
+    selection_kind: str = "acl"  # select_coreset_ray kind
+    selection_spec: Callable[[int], Any] | None = None  # epoch -> SelectionSpec
+    segment_extra: Callable[[Manifest], dict[str, Any]] = lambda m: {}
+    summary_extra: Callable[[Manifest, TrainState], dict[str, Any]] = lambda m, st: {}
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    encoder_path: str
+    summary: dict[str, Any]
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:
+    """1-based epochs that start with a selection: W+1, W+1+I, ... <= E (spec §5.1)."""
+    return list(range(warmup + 1, epochs + 1, interval))
+
+
+def ensure_ray(address: str = "") -> None:
+    """Connect to RAY_ADDRESS / ``address`` if given (ray job submit sets it), else start locally."""
+    if ray.is_initialized():
+        return
+    addr = address or os.environ.get("RAY_ADDRESS") or None
+    if addr:
+        ray.init(address=addr, log_to_driver=True)
+    else:
+        # 2-core laptops: ask for 4 logical CPUs so Ray Data tasks still schedule next to two
+        # training workers (stack-feasibility G1)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def abs_storage(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def write_json(uri: str, obj: Any, endpoint: str | None) -> None:
+    write_bytes_atomic(resolve(uri, s3_endpoint=endpoint), json.dumps(obj, indent=2, default=float).encode())
+
+
+def read_json(uri: str, endpoint: str | None) -> Any | None:
+    loc = resolve(uri, s3_endpoint=endpoint)
+    return json.loads(read_bytes(loc)) if exists(loc) else None
+
+
+def latest_checkpoint(run_dir: str, endpoint: str | None) -> str | None:
+    """Newest ``epoch_XXXXX`` checkpoint folder of the run holding a complete state file.
+
+    Read from storage rather than from ``Result.checkpoint`` because a fit that stops on a
+    non-finite loss reports no checkpoint, and Ray Train's local mode reports none either.
+    """
+    loc = resolve(run_dir, s3_endpoint=endpoint)
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(i.base_name for i in infos
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+    for name in reversed(names):
+        if exists(resolve(join_uri(run_dir, name, "state.pt"), s3_endpoint=endpoint)):
+            return join_uri(run_dir, name)
+    return None
+
+
+def write_metrics(run_dir: str, history: list[dict], progress: dict, endpoint: str | None) -> None:
+    """metrics.jsonl from the checkpointed history plus the driver's selection times."""
+    sel = {s["epoch"]: s["time_s"] for s in progress["selections"]}
+    wall, lines = 0.0, []
+    for row in history:
+        r = dict(row)
+        r["selection_time_s"] = sel.get(r["epoch"], 0.0)
+        wall += r["epoch_time_s"] + r["selection_time_s"]
+        r["wall_time_s"] = wall
+        lines.append(json.dumps(r, default=float))
+    write_bytes_atomic(resolve(join_uri(run_dir, "metrics.jsonl"), s3_endpoint=endpoint),
+                       ("\n".join(lines) + "\n").encode())
+
+
+class SegmentedRun:
+    """One run (pre-training or SAT) from its typed config and a ``RunSpec``."""
+
+    def __init__(self, cfg: Any, spec: RunSpec) -> None:
+        self.cfg, self.spec = cfg, spec
+        self.endpoint = cfg.data.s3_endpoint or None
+        self.storage = abs_storage(cfg.run.storage_path)
+        self.name = cfg.run_name()
+        self.run_dir = join_uri(self.storage, self.name)
+
+    def _uri(self, *parts: str) -> str:
+        return join_uri(self.run_dir, *parts)
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.spec.tag}] {msg}", flush=True)
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _check_and_record_config(self) -> None:
+        cfg = self.cfg
+        old = read_json(self._uri("summary.json"), self.endpoint)
+        if old and old.get("status") == "finished":
+            raise RunFinishedError(f"run {self.run_dir} already finished; use another --run.name (nothing overwritten)")
+        cfg_loc = resolve(self._uri("config.yaml"), s3_endpoint=self.endpoint)
+        if exists(cfg_loc) and read_bytes(cfg_loc).decode() != dump_yaml(cfg):
+            raise RunFinishedError(f"run {self.run_dir} exists with a different config; resume needs the same "
+                                   f"config (or choose another --run.name)")
+        if cfg.scaling.num_workers == 0 and "://" in self.run_dir:
+            raise ValueError("scaling.num_workers=0 (Ray Train local mode) needs a local run.storage_path")
+        if not cfg.data.manifest:
+            raise ValueError("data.manifest is empty: pass --data.manifest=PATH_OR_S3_URI (jobs.prepare_data writes one)")
+        write_bytes_atomic(cfg_loc, dump_yaml(cfg).encode())
+        self.log(f"run {self.name} -> {self.run_dir}\n{dump_yaml(cfg)}")
+
+    def _split(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+        """Disjoint train / validation indices; validation is only used by RCS (spec §5.1)."""
+        cfg = self.cfg
+        everything = np.arange(manifest.count, dtype=np.int64)
+        if not cfg.rcs.enabled or cfg.data.val_fraction <= 0:
+            return everything, np.zeros(0, np.int64)
+        train_idx, val_idx = split_by_index(manifest, cfg.data.val_fraction, cfg.train.seed)
+        if not cfg.data.holdout:
+            train_idx = everything  # the authors' Q16: train (and select) on the validation images too
+        return train_idx, val_idx
+
+    # -- one run -------------------------------------------------------------------------------
+    def run(self, *, stop_after: int | None = None, callbacks: list[Any] | None = None) -> RunResult | None:
+        cfg = self.cfg
+        ensure_ray(cfg.run.ray_address)
+        self._check_and_record_config()
+        manifest = read_manifest(cfg.data.manifest, s3_endpoint=self.endpoint)
+        train_idx, val_idx = self._split(manifest)
+        progress_uri = self._uri("progress.json")
+        progress = read_json(progress_uri, self.endpoint) or {
+            "epoch": 0, "checkpoint": None, "coreset_file": None, "selections": [], "fits": [],
+            "wall_time_s": 0.0, "train_time_s": 0.0, "selection_time_s": 0.0,
+        }
+        t_start = time.perf_counter() - progress["wall_time_s"]
+        E = cfg.train.epochs
+        sel_epochs = selection_epochs(E, cfg.rcs.warmup_epochs, cfg.rcs.interval) if cfg.rcs.enabled else []
+
+        while progress["epoch"] < E:
+            e_next = progress["epoch"] + 1
+            coreset = self._load_coreset(progress)
+            if e_next in sel_epochs and not any(s["epoch"] == e_next for s in progress["selections"]):
+                coreset, sel = self._select(manifest, progress["checkpoint"], train_idx, val_idx, e_next)
+                cs_uri = self._uri("coresets", f"epoch_{e_next:05d}.npy")
+                buf = io.BytesIO()
+                np.save(buf, coreset)
+                write_bytes_atomic(resolve(cs_uri, s3_endpoint=self.endpoint), buf.getvalue())
+                progress["coreset_file"] = cs_uri
+                progress["selections"].append(sel)
+                progress["selection_time_s"] += sel["time_s"]
+                write_json(progress_uri, progress, self.endpoint)
+            later = [e for e in sel_epochs if e > e_next]
+            stop = min(later[0] - 1, E) if later else E
+            if stop_after is not None and stop_after >= e_next:
+                stop = min(stop, stop_after)
+            rows = coreset if coreset is not None else train_idx
+            t_fit = time.perf_counter()
+            result = self._fit(manifest, rows, coreset, stop, progress["checkpoint"], callbacks)
+            fit_s = time.perf_counter() - t_fit
+            progress["fits"].append({"from_epoch": e_next, "to_epoch": stop, "time_s": fit_s,
+                                     "workers": max(cfg.scaling.num_workers, 1), "rows": int(len(rows))})
+            progress["train_time_s"] += fit_s
+            if result.error is not None:
+                raise TrainingFailed(f"training failed in epochs {e_next}..{stop}: {result.error}") from result.error
+            newest = latest_checkpoint(self.run_dir, self.endpoint)
+            if newest is not None and newest != progress["checkpoint"]:
+                progress["checkpoint"] = newest
+                with ray.train.Checkpoint(newest).as_directory() as d:
+                    st = load_state(d)
+                progress["epoch"] = st.epoch
+                write_metrics(self.run_dir, st.history, progress, self.endpoint)
+            progress["wall_time_s"] = time.perf_counter() - t_start
+            write_json(progress_uri, progress, self.endpoint)
+            if (result.metrics or {}).get("status") == "nonfinite":
+                raise TrainingFailed(
+                    f"non-finite loss in epoch {result.metrics.get('epoch')}: training stopped; the last good "
+                    f"checkpoint is {progress['checkpoint']} (epoch {progress['epoch']}). Lower optim.lr or "
+                    f"check the data.")
+            if stop_after is not None and stop_after <= progress["epoch"] < E:
+                self.log(f"stopped after epoch {progress['epoch']} (continue by re-running)")
+                return None
+        return self._finish(manifest, progress, time.perf_counter() - t_start)
+
+    def _load_coreset(self, progress: dict) -> np.ndarray | None:
+        if not progress.get("coreset_file"):
+            return None
+        return np.load(io.BytesIO(read_bytes(resolve(progress["coreset_file"], s3_endpoint=self.endpoint))))
+
+    def model_from_checkpoint(self, manifest: Manifest, path: str | None) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):  # leave the driver's RNG alone
+            torch.manual_seed(self.cfg.train.seed)  # no checkpoint yet: rank 0's initial weights
+            net = self.spec.build_model(manifest)
+        if path:
+            with ray.train.Checkpoint(path).as_directory() as d:
+                net.load_state_dict(load_state(d).model)
+        return net
+
+    def _select(self, manifest: Manifest, ckpt: str | None, train_idx: np.ndarray, val_idx: np.ndarray,
+                epoch: int) -> tuple[np.ndarray, dict]:
+        from pipeline.coreset import selection_seed
+        from pipeline.coreset.ray_tasks import select_coreset_ray
+
+        cfg = self.cfg
+        net = self.model_from_checkpoint(manifest, ckpt)
+        print(f"[rcs] epoch {epoch}: selecting {cfg.rcs.fraction:.0%} of {len(train_idx)} "
+              f"(validation {len(val_idx)})", flush=True)
+        t0 = time.perf_counter()
+        res = select_coreset_ray(
+            net, manifest_uri=cfg.data.manifest, train_indices=train_idx, val_indices=val_idx,
+            spec=self.spec.selection_spec(epoch), round_seed=selection_seed(cfg.train.seed, epoch),
+            num_tasks=cfg.rcs.num_tasks, use_gpu=cfg.rcs.use_gpu, kind=self.spec.selection_kind,
+            s3_endpoint=self.endpoint, allow_overlap=not cfg.data.holdout,
+        )
+        dt = time.perf_counter() - t0
+        idx = np.sort(np.asarray(res.indices, dtype=np.int64))
+        print(f"[rcs] epoch {epoch}: selected {len(idx)} in {dt:.1f}s", flush=True)
+        return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt,
+                     "fraction": len(idx) / max(len(train_idx), 1)}
+
+    def _fit(self, manifest: Manifest, rows: np.ndarray, coreset: np.ndarray | None, stop: int,
+             resume_path: str | None, callbacks: list[Any] | None) -> ray.train.Result:
+        cfg = self.cfg
+        # The shard/block order is fixed per run (epoch=0) so that the data of epoch e does not
+        # depend on where a fit started (exact resume); epochs differ through the worker's seeded
+        # local shuffle.
+        ds = read_dataset(cfg.data.manifest, s3_endpoint=self.endpoint, indices=rows,
+                          shuffle_seed=cfg.data.shuffle_seed, epoch=0)
+        if cfg.data.deterministic:
+            ds.context.execution_options.preserve_order = True
+        workers = cfg.scaling.num_workers
+        scaling = ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=None if workers == 0 else {
+                "CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        )
+        local = "://" not in self.run_dir
+        trainer = TorchTrainer(
+            self.spec.loop,
+            train_loop_config={"cfg": to_dict(cfg), "segment": {
+                "stop_epoch": stop, "n_rows": int(len(rows)), "resume_path": resume_path,
+                "coreset": None if coreset is None else coreset.tolist(),
+                "marker_dir": self.run_dir if local else None,
+                "local_dir": self.run_dir if workers == 0 else None,
+                **self.spec.segment_extra(manifest),
+            }},
+            scaling_config=scaling,
+            run_config=ray.train.RunConfig(
+                name=self.name, storage_path=self.storage,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=callbacks,
+            ),
+            datasets={"train": ds},
+        )
+        try:
+            return trainer.fit()
+        except Exception as e:  # Ray raises TrainingFailedError after max_failures
+            return ray.train.Result(metrics=None, checkpoint=None, error=e, path=self.run_dir)  # type: ignore[call-arg]
+
+    def _finish(self, manifest: Manifest, progress: dict, wall: float) -> RunResult:
+        cfg = self.cfg
+        net = self.model_from_checkpoint(manifest, progress["checkpoint"])
+        with ray.train.Checkpoint(progress["checkpoint"]).as_directory() as d:
+            st = load_state(d)
+        meta = {"run_name": self.name, "mode": self.spec.mode, "epochs": st.epoch,
+                "dataset": manifest.dataset, "config": to_dict(cfg), **self.spec.summary_extra(manifest, st)}
+        enc_uri = self._uri("encoder.pt")
+        if "://" in enc_uri:
+            tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"encoder-{os.getpid()}.pt"
+            save_encoder(tmp, net, meta)
+            write_bytes_atomic(resolve(enc_uri, s3_endpoint=self.endpoint), tmp.read_bytes())
+            tmp.unlink()
+        else:
+            save_encoder(enc_uri, net, meta)
+        workers = max(cfg.scaling.num_workers, 1)
+        worker_hours = sum(f["time_s"] * f["workers"] for f in progress["fits"]) / 3600
+        worker_hours += progress["selection_time_s"] * (cfg.rcs.num_tasks or 1) / 3600
+        gpu_type = torch.cuda.get_device_name(0) if cfg.scaling.use_gpu and torch.cuda.is_available() else None
+        summary = {
+            "run_name": self.name, "mode": self.spec.mode, "status": "finished", "epochs": st.epoch,
+            "wall_time_s": wall, "train_time_s": progress["train_time_s"],
+            "selection_time_s": progress["selection_time_s"], "num_workers": workers,
+            "use_gpu": cfg.scaling.use_gpu, "gpu_type": gpu_type, "cpus_per_worker": cfg.scaling.cpus_per_worker,
+            "worker_hours": worker_hours, "gpu_hours": worker_hours if cfg.scaling.use_gpu else 0.0,
+            "images_seen": int(sum(h.get("images", 0) for h in st.history)),
+            "final_loss": st.history[-1]["loss"] if st.history else None,
+            "rcs": {"enabled": cfg.rcs.enabled, "fraction": cfg.rcs.fraction,
+                    "warmup_epochs": cfg.rcs.warmup_epochs, "interval": cfg.rcs.interval,
+                    "selections": progress["selections"]},
+            "encoder": "encoder.pt", "checkpoint": progress["checkpoint"],
+            **self.spec.summary_extra(manifest, st),
+        }
+        write_json(self._uri("summary.json"), summary, self.endpoint)  # last: marks the run complete
+        self.log(f"finished {self.name}: {st.epoch} epochs in {wall:.1f}s -> {enc_uri}")
+        return RunResult(run_dir=self.run_dir, encoder_path=enc_uri, summary=summary, progress=progress)
