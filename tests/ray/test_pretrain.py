@@ -78,9 +78,9 @@ def test_two_workers_disjoint_shards_loss_down(ray_local, manifest, tmp_path):
     res = run_pretrain(cfg)
     rows = _metrics(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    n_train = 144  # 160 images, 10% held out for validation
+    n_train = 160  # without RCS nothing is held out for validation: all 160 images train
     for r in rows:
-        # equal split: each of the 2 ranks gets 72 rows; no index is seen by both ranks
+        # equal split: each of the 2 ranks gets 80 rows; no index is seen by both ranks
         assert r["shard_overlap"] == 0 and r["shard_union"] == n_train and r["shard_rows"] == n_train
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert Path(res.run_dir, "epoch_00004", "state.pt").exists() or any(Path(res.run_dir).glob("epoch_*"))

@@ -13,7 +13,7 @@ from pipeline.config import ModelConfig
 from pipeline.models import build_model, save_encoder
 
 TINY = dict(arch="resnet18", width=4, bn_names=("normal", "pgd"))
-MCFG = ModelConfig(arch="resnet18", width=4, head="proj2")
+MCFG = ModelConfig(arch="resnet18", width=4, head="proj2", channels_last=False)  # bit-exact vs the NCHW reference
 
 
 def _encoder():

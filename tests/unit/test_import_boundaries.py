@@ -22,6 +22,7 @@ RAY_ALLOWED = {
     "train/sat_loops.py",
     "train/sat_driver.py",
     "train/segments.py",
+    "train/worker.py",
     "tune/sweep.py",
     "ray_utils.py",
     "benchmarks/data.py",

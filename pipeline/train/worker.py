@@ -1,0 +1,218 @@
+"""The Ray Train worker skeleton shared by pre-training and SAT (worker layer: imports ray).
+
+``SegmentWorker.run`` trains epochs ``(newest checkpoint epoch + 1) .. segment.stop_epoch`` on the
+dataset shard Ray hands this worker. What a step computes is a callback; everything around it is
+here, with Ray's lines numbered as in Ray's own examples:
+
+  [1] restore from the newest checkpoint (Ray Train after a failure or a re-run of the same
+      name; else the path the driver passes)         [2] DDP wrap (prepare_model)
+  [3] this worker's shard of the Ray Dataset          [4] report metrics + checkpoint
+
+Per step: the learning rate as a function of fractional epoch, the NaN guard (every rank stops
+together, no optimizer step on a non-finite loss, the last good checkpoint stays the newest), and
+the test hooks ``train.fail_at`` / ``train.audit_shards``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipeline.config import to_dict
+from pipeline.train.checkpoint import TrainState, capture_rng, load_state, restore_rng, save_state
+from pipeline.train.optim import lr_at, set_lr
+
+# step_fn(epoch, batch, generator) -> (loss with graph, per-batch sums (n_stats,), batch size)
+StepFn = Callable[[int, dict[str, torch.Tensor], torch.Generator], tuple[torch.Tensor, torch.Tensor, int]]
+# summarize(epoch, sums (n_stats,), n_images, train_seconds) -> metrics of this epoch
+SummarizeFn = Callable[[int, torch.Tensor, float, float], dict[str, Any]]
+
+
+def steps_per_epoch(n_rows: int, world: int, batch_size: int, max_steps: int = 0) -> int:
+    """Batches each worker sees: the shards are split equally (remainder rows dropped)."""
+    rows = n_rows // max(world, 1)
+    n = max(1, math.ceil(rows / batch_size))
+    return min(n, max_steps) if max_steps > 0 else n
+
+
+def maybe_fail(fail_at: str, epoch: int, step: int, rank: int, marker_dir: str | None) -> bool:
+    """Test hook ``train.fail_at="E:S:R[:nan]"``: at epoch E, step S on rank R, SIGKILL this
+    worker process once (a marker file in the run folder lets the restarted worker carry on), or
+    with ``:nan`` return True so the caller injects a NaN loss."""
+    if not fail_at:
+        return False
+    parts = fail_at.split(":")
+    e, s, r = (int(v) for v in parts[:3])
+    if (e, s, r) != (epoch, step, rank):
+        return False
+    if parts[3:] == ["nan"]:
+        return True
+    marker = Path(marker_dir or tempfile.gettempdir()) / ".fail_at_done"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"killed at epoch {epoch} step {step} rank {rank}\n")
+        os.kill(os.getpid(), 9)
+    return False
+
+
+def audit_shards(indices: list[np.ndarray], world: int) -> dict[str, int]:
+    """Overlap/union of the global indices each rank saw this epoch (train.audit_shards)."""
+    mine = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    gathered: list[Any] = [mine]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine)
+    per_rank = [np.unique(g) for g in gathered]
+    union = np.unique(np.concatenate(per_rank)) if per_rank else np.zeros(0)
+    return {"shard_union": int(union.size), "shard_overlap": int(sum(p.size for p in per_rank) - union.size),
+            "shard_rows": int(sum(p.size for p in per_rank))}
+
+
+class SegmentWorker:
+    """One worker's share of one fit of a segmented run (see ``pipeline.train.segments``)."""
+
+    def __init__(self, cfg: Any, seg: dict[str, Any], tag: str) -> None:
+        self.cfg, self.seg, self.tag = cfg, seg, tag
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.n_rows = int(seg["n_rows"])
+        self.steps = steps_per_epoch(self.n_rows, self.world, cfg.train.batch_size, cfg.train.max_steps_per_epoch)
+        self.stop_epoch = int(seg["stop_epoch"])
+        self.coreset = seg.get("coreset")
+        self.epoch0, self.global_step, self.history = 0, 0, []
+        self.restored_from: int | None = None
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[{self.tag}] {msg}", flush=True)
+
+    def restore(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        # [1] Ray's newest checkpoint of this run (after a worker failure, or a re-run of the same
+        # name), else the checkpoint the driver hands over between RCS segments.
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None and self.seg.get("resume_path"):
+            ckpt = ray.train.Checkpoint(self.seg["resume_path"])
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            st = load_state(d, map_location=self.device)
+        net.load_state_dict(st.model)
+        optimizer.load_state_dict(st.optimizer)
+        self.epoch0, self.global_step, self.history = st.epoch, st.global_step, list(st.history)
+        self.restored_from = st.epoch
+        restore_rng(st.rng)
+        self.log(f"resumed from epoch {st.epoch} ({ckpt.path})")
+
+    def wrap(self, forward: torch.nn.Module) -> torch.nn.Module:
+        """DDP over the module that runs the training passes (the attack uses the bare net)."""
+        if self.world > 1:
+            # [2] one DDP forward per step; PGD runs on the unwrapped network, so no gradient
+            # all-reduce happens during the attack
+            forward = ray.train.torch.prepare_model(forward, move_to_device=False)
+        return torch.compile(forward) if self.cfg.train.compile else forward
+
+    def _batches(self, epoch: int) -> Any:
+        bs, seed = self.cfg.train.batch_size, self.cfg.train.seed
+        # [3] this worker's equal share of the (sub)set, shuffled within a small window per epoch
+        # (a big local shuffle buffer halves Ray Data throughput, ray #42317)
+        return ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=bs, device=self.device, drop_last=False, prefetch_batches=2,
+            local_shuffle_buffer_size=4 * bs, local_shuffle_seed=seed * 7919 + epoch * 31 + self.rank,
+        )
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        ok = torch.isfinite(loss.detach()).to(torch.float32)
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank stops together
+        return bool(ok.item() >= 1)
+
+    def run(self, *, net: torch.nn.Module, optimizer: torch.optim.Optimizer, n_stats: int,
+            step_fn: StepFn, summarize: SummarizeFn, describe: Callable[[dict[str, Any]], str],
+            state_extra: dict[str, Any] | None = None) -> None:
+        cfg, device = self.cfg, self.device
+        global_batch = cfg.train.batch_size * self.world
+        for epoch in range(self.epoch0 + 1, self.stop_epoch + 1):
+            gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + self.rank)
+            sums = torch.zeros(n_stats + 1, device=device, dtype=torch.float64)  # stats..., images
+            nonfinite, i, seen = False, -1, []
+            t0 = time.perf_counter()
+            for i, batch in enumerate(self._batches(epoch)):
+                if i >= self.steps:
+                    continue  # consume the rest of the shard (truncated smoke epochs)
+                inject_nan = maybe_fail(cfg.train.fail_at, epoch, i, self.rank, self.seg.get("marker_dir"))
+                if cfg.train.audit_shards:
+                    seen.append(batch["index"].cpu().numpy())
+                tau = (epoch - 1) + (i + 1) / self.steps  # fractional epoch: survives coreset sizes
+                lr = lr_at(cfg.optim, tau, epochs=cfg.train.epochs, global_batch=global_batch)
+                set_lr(optimizer, lr)
+                loss, stats, b = step_fn(epoch, batch, gen)
+                if inject_nan:
+                    loss = loss * float("nan")
+                if not self._all_finite(loss):
+                    nonfinite = True
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                self.global_step += 1
+                sums += torch.cat([stats.detach().double(), torch.tensor([float(b)], device=device, dtype=torch.float64)])
+                if cfg.train.log_every and (i + 1) % cfg.train.log_every == 0:
+                    self.log(f"epoch {epoch} step {i + 1}/{self.steps} loss {loss.item():.4f} lr {lr:.4g}")
+            if self.world > 1:
+                dist.all_reduce(sums)
+            dt = time.perf_counter() - t0
+            n_img = sums[-1].item()
+            metrics = {
+                "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_s": n_img / dt,
+                "epoch_time_s": dt, "train_samples": self.n_rows, "images": int(n_img),
+                "steps": min(i + 1, self.steps),
+                "coreset_size": len(self.coreset) if self.coreset is not None else None,
+                "status": "ok", "restored_from": self.restored_from,
+            }
+            self.restored_from = None
+            metrics.update(summarize(epoch, sums[:-1], max(n_img, 1.0), dt))
+            if cfg.train.audit_shards:
+                metrics.update(audit_shards(seen, self.world))
+            if nonfinite:
+                metrics.update(status="nonfinite", loss=float("nan"))
+                self.log(f"non-finite loss at epoch {epoch} step {i}: stopping; the last good checkpoint is kept")
+                ray.train.report(metrics)  # [4] no checkpoint: the last good one stays the newest
+                return
+            self.history.append(metrics)
+            self.log(describe(metrics))
+            self._checkpoint_and_report(epoch, metrics, net, optimizer, state_extra or {})
+
+    def _checkpoint_and_report(self, epoch: int, metrics: dict[str, Any], net: torch.nn.Module,
+                               optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
+        save_now = epoch % self.cfg.train.checkpoint_every == 0 or epoch == self.stop_epoch
+        if not (save_now and self.rank == 0):
+            ray.train.report(metrics)
+            return
+        # Ray Train local mode (num_workers=0) does not persist reported checkpoints, so there the
+        # state is written straight into the run folder; otherwise Ray uploads a temp dir.
+        local = self.seg.get("local_dir")
+        keep = os.path.join(local, f"epoch_{epoch:05d}") if local else None
+        with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()) as d:
+            save_state(d, TrainState(
+                epoch=epoch, global_step=self.global_step, model=net.state_dict(),
+                optimizer=optimizer.state_dict(), config=to_dict(self.cfg),
+                coreset=None if self.coreset is None else np.asarray(self.coreset, dtype=np.int64),
+                history=self.history, rng=capture_rng(), extra=extra,
+            ))
+            # [4] report + checkpoint (rank 0 uploads; the others report metrics only)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                             checkpoint_dir_name=f"epoch_{epoch:05d}")
