@@ -31,7 +31,9 @@ def _free_port() -> int:
 def ray_head(tmp_path):
     if not Path(RAY).exists():
         pytest.skip("ray CLI not found next to the interpreter")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # the job's `python` must be this environment's interpreter (as in an activated venv)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     dash, gcs = _free_port(), _free_port()
     subprocess.run(
@@ -63,13 +65,17 @@ def test_demo_through_ray_job_submit(ray_head, tmp_path):
     for heading in ("Summary", "Speed-up", "Loss curves", "Selection overhead", "Cost projection", "Provenance"):
         assert heading.lower() in md.lower(), f"missing section {heading!r}"
     assert "data:image/png;base64," in html.read_text()
-    # both runs are in the table with accuracies in [0, 100] and a positive wall time
-    rows = [ln for ln in md.splitlines() if ln.startswith("| demo-")]
-    assert len(rows) == 2, md
+    # the Summary table lists both runs, finished, with every accuracy in [0, 100] and a wall time
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    table = [ln for ln in summary.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    assert sorted(r[0] for r in rows) == ["demo-full (baseline)", "demo-rcs"], summary
+    acc_cols = [i for i, h in enumerate(header) if h.split()[-1] in ("SA", "PGD-20", "AA")]
+    assert len(acc_cols) == 9, header  # SLF / ALF / AFF x (SA, PGD-20, AA)
     for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[1] == "finished"
-        accs = [float(c) for c in cells[12:18]]
+        assert row[header.index("Status")] == "finished"
+        accs = [float(row[i]) for i in acc_cols]
         assert all(0.0 <= a <= 100.0 for a in accs), row
-        assert re.match(r"[0-9.]+ (s|min|h)", cells[6]), row
+        assert re.match(r"[0-9.]+ (s|min|h)", row[header.index("Wall")]), row
     shutil.rmtree(out, ignore_errors=True)
