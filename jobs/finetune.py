@@ -16,7 +16,8 @@ Without Ray at all (same per-epoch code, e.g. a GPU box): add ``--no-ray``.
 The checkpoint is our export (save_encoder) or an authors' file (auto-detected; describe the
 architecture with --model.* overrides). Without --test-dataset the train manifest is split by
 index (data.test_fraction). Any config key can be overridden as --section.key=value.
-Outputs in --out: results.json, log.txt (the authors' summary lines), results.md, params.json,
+Outputs in --out: <MODE>.pt (the fine-tuned classifier, for jobs.evaluate), results.json, log.txt
+(the authors' summary lines), results.md, params.json,
 progress.log (one line per epoch / attack), common_corruptions/log.txt.
 """
 

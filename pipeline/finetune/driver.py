@@ -30,6 +30,7 @@ from pipeline.eval.robust import EvalConfig, evaluate_model
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.loops import finetune_loop_per_worker
 from pipeline.finetune.modes import finetune
+from pipeline.models import save_encoder
 from pipeline.train.segments import ensure_ray  # one way to find / start Ray for every job
 
 Log = Callable[[str], None]
@@ -159,6 +160,10 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
                                 device=device, padding=cfg.train.padding, log_every=cfg.train.log_every,
                                 max_steps=cfg.train.max_steps_per_epoch, log=say)
         train_s = time.perf_counter() - t0
+        # keep the fine-tuned classifier: `jobs.evaluate --checkpoint <out>/<MODE>.pt` scores it later
+        save_encoder(out / f"{mode}.pt", model, {"mode": mode, "pretrained": cfg.checkpoint,
+                                                  "num_classes": n_cls})
+        say(f"{mode}: classifier saved to {out / f'{mode}.pt'}")
         res = evaluate_model(model, xt, yt, cfg.eval, mode=mode, device=device, progress=say,
                              **_eval_hooks(cfg.eval, use_ray))
         res.update(checkpoint=ck, config={"mode": _config_section(mcfg), "eval": _config_section(cfg.eval)},

@@ -81,6 +81,14 @@ def test_run_finetune_all_modes_without_ray(tmp_path):
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["results"][2]["config"]["mode"]["beta"] == 6.0
     assert len(data["results"][0]["checkpoint"]["sha256"]) == 12
+    # each mode's classifier is kept; SLF froze the encoder (bit-identical conv weights), AFF did not
+    from pipeline.models import load_encoder
+
+    slf, meta = load_encoder(tmp_path / "out" / "SLF.pt")
+    aff, _ = load_encoder(tmp_path / "out" / "AFF.pt")
+    assert meta["mode"] == "SLF" and slf(torch.rand(2, 3, 16, 16)).shape == (2, meta["num_classes"])
+    assert torch.equal(slf.conv1.weight, enc.conv1.weight)
+    assert not torch.equal(aff.conv1.weight, enc.conv1.weight)
 
 
 def test_job_argument_errors_are_reported(tmp_path, capsys):
