@@ -239,3 +239,23 @@ def test_accuracy_normalisation():
     assert normalise_accuracies({"clean_acc": 81.0, "pgd20_acc": 0.9}, "f")["pgd20_acc"] == 0.9
     with pytest.raises(ReportError, match="aa_acc: expected a number"):
         normalise_accuracies({"aa_acc": "high"}, "f")
+
+
+def test_speedup_plot_uses_the_mode_that_learned(tmp_path):
+    """Same coverage for SLF and AFF: AutoAttack of the mode with the higher mean accuracy."""
+    from pipeline.report.collect import ReportRow
+    from pipeline.report.render import speedup_section
+
+    def row(name, base, slf_aa, aff_aa):
+        return ReportRow(name=name, status="finished", is_baseline=base, rcs_enabled=not base,
+                         fraction=None if base else 0.3, warmup=None if base else 2, interval=2,
+                         epochs=6, wall_time_s=1.0, worker_hours=0.0, gpu_hours=0.0, cost=None,
+                         measured=None, ideal=None if base else 1.4, sel_share=None, sel_share_source="",
+                         evals={"SLF": {"aa_acc": slf_aa, "pgd20_acc": 1.0},
+                                "AFF": {"aa_acc": aff_aa, "pgd20_acc": 20.0}}, run=None)
+
+    sec, paths = speedup_section([row("full", True, 0.8, 12.5), row("rcs", False, 0.0, 16.7)], tmp_path)
+    # SLF AA mean 0.4, AFF AA mean 14.6: the plot and table report AFF AutoAttack
+    text = "\n".join(b for b in sec.blocks if isinstance(b, str))
+    assert text.startswith("AFF AutoAttack accuracy against speed-up")
+    assert paths["speedup_vs_robustness"].is_file()
