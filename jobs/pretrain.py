@@ -18,28 +18,15 @@ metrics.jsonl, progress.json, summary.json, encoder.pt, epoch_XXXXX/ checkpoints
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.config import ConfigError, PretrainConfig, dump_yaml, load_config
+from jobs._cli import parse_training_job
+from pipeline.config import ConfigError, PretrainConfig
 
 
 def parse(argv: list[str]) -> PretrainConfig:
-    p = argparse.ArgumentParser(prog="python -m jobs.pretrain", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file (jobs/configs/*.yaml)")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (0 = in-process local mode)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, overrides = p.parse_known_args(argv)
-    if args.num_workers is not None:
-        overrides.append(f"--scaling.num_workers={args.num_workers}")
-    if args.use_gpu:
-        overrides += ["--scaling.use_gpu=true"]
-    cfg = load_config(PretrainConfig, args.config, overrides)
-    if args.print_config:
-        print(dump_yaml(cfg))
-        sys.exit(0)
-    return cfg
+    return parse_training_job(PretrainConfig, argv, prog="python -m jobs.pretrain",
+                              description=__doc__.split("\n")[0], config_help="YAML file (jobs/configs/*.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,36 +28,20 @@ coresets/, epoch_XXXXX/}. Score the exported classifier with PGD-20 / AutoAttack
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.config import ConfigError, dump_yaml, load_config
+from jobs._cli import parse_training_job
+from pipeline.config import ConfigError
 
 
 def parse(argv: list[str]):  # -> SATConfig (imported lazily: keep --help fast)
     from pipeline.train.sat import SATConfig
 
-    p = argparse.ArgumentParser(prog="python -m jobs.sat", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file (jobs/configs/sat_*.yaml)")
-    p.add_argument("--test-manifest", help="held-out manifest scored (clean accuracy) every epoch")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (0 = in-process local mode)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, overrides = p.parse_known_args(argv)
-    if args.test_manifest:
-        overrides.append(f"--test.manifest={args.test_manifest}")
-    if args.num_workers is not None:
-        overrides.append(f"--scaling.num_workers={args.num_workers}")
-    if args.use_gpu:
-        overrides.append("--scaling.use_gpu=true")
-    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
-    if bad:
-        raise ConfigError(f"unrecognised argument(s) {bad}: overrides look like --section.key=value")
-    cfg = load_config(SATConfig, args.config, overrides)
-    if args.print_config:
-        print(dump_yaml(cfg))
-        sys.exit(0)
-    return cfg
+    return parse_training_job(
+        SATConfig, argv, prog="python -m jobs.sat", description=__doc__.split("\n")[0],
+        config_help="YAML file (jobs/configs/sat_*.yaml)",
+        value_flags=(("--test-manifest", "test.manifest", "held-out manifest scored (clean accuracy) every epoch"),),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

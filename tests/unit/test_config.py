@@ -159,3 +159,14 @@ def test_recipe_values_match_the_spec():
     assert (in32.model.arch, in32.model.head, in32.model.bn_names) == ("wrn", "proj2", ("pgd", "normal"))
     assert (in32.optim.lr, in32.train.epochs, in32.loss.temperature) == (0.6, 200, 0.1)
     assert (in32.rcs.fraction, in32.rcs.warmup_epochs, in32.rcs.interval, in32.rcs.chunk_batches) == (0.05, 20, 10, 100)
+
+
+def test_pretrain_job_cli_errors_name_the_key(capsys):
+    import jobs.pretrain
+
+    assert jobs.pretrain.main(["--config", str(CONFIGS / "demo.yaml"), "--rcs.fracton=0.1"]) == 2
+    assert "rcs.fracton" in capsys.readouterr().err
+    assert jobs.pretrain.main(["--config", str(CONFIGS / "demo.yaml"), "stray"]) == 2
+    assert "unrecognised argument(s) ['stray']" in capsys.readouterr().err
+    cfg = jobs.pretrain.parse(["--config", str(CONFIGS / "demo.yaml"), "--num-workers", "3", "--use-gpu"])
+    assert cfg.scaling.num_workers == 3 and cfg.scaling.use_gpu is True
