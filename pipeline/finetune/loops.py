@@ -12,6 +12,8 @@ there is more than one worker. Rank 0 exports the final single-BN classifier wit
 
 from __future__ import annotations
 
+import sys
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,8 +72,9 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     x, y = as_device_arrays(x_np, y_np, device)
 
     def log(line: str) -> None:
-        if rank == 0:
-            print(line, flush=True)
+        if rank == 0:  # not print(): Ray Train V2's print patch would show every line twice
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     for epoch in range(1, mcfg.epochs + 1):
         m = run_epoch(module, x, y, mode=mode, cfg=mcfg, optimizer=opt, epoch=epoch,

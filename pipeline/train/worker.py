@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +99,10 @@ class SegmentWorker:
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
-            print(f"[{self.tag}] {msg}", flush=True)
+            # Not print(): Ray Train V2 patches print to tee into its logger *and* the (wrapped)
+            # stdout of a Ray worker, so every progress line reached the driver twice.
+            sys.stdout.write(f"[{self.tag}] {msg}\n")
+            sys.stdout.flush()
 
     def restore(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         # [1] Ray's newest checkpoint of this run (after a worker failure, or a re-run of the same
