@@ -74,7 +74,9 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     settings: dict[int, StepSettings] = {}
 
     def step(epoch: int, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-        s = settings.setdefault(epoch, step_settings(cfg, epoch, w.device))
+        if epoch not in settings:  # once per epoch (setdefault would rebuild it every step)
+            settings[epoch] = step_settings(cfg, epoch, w.device)
+        s = settings[epoch]
         forward.train()
         res = pretrain_loss(forward, net, batch["image"], s, generator=gen)
         b = batch["image"].shape[0]

@@ -17,7 +17,6 @@ attack runs on, so PGD triggers no gradient all-reduce and leaves ``.grad`` unto
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,6 +39,7 @@ from pipeline.config import (
     config_hash,
 )
 from pipeline.data.transforms import finetune_augment, to_float
+from pipeline.train.steps import autocast_ctx
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -227,12 +227,6 @@ class SATStepResult:
     x_adv: torch.Tensor  # (B,3,H,W) its PGD examples (detached, in the eps-ball ∩ [0,1])
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN202
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def sat_loss(
     forward: nn.Module,
     net: nn.Module,
@@ -256,7 +250,7 @@ def sat_loss(
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = labels
-    with _autocast(x.device, s.amp_dtype):
+    with autocast_ctx(x.device, s.amp_dtype):
         if s.track_clean:
             # eval mode: a clean pass must not move the BN running statistics SAT trains with
             with torch.no_grad(), eval_mode(net):
@@ -306,6 +300,6 @@ def clean_correct(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
         for s in range(0, images.shape[0], batch_size):
             xb = to_float(images[s:s + batch_size].to(dev))
             yb = labels[s:s + batch_size].to(dev)
-            with _autocast(dev, amp_dtype):
+            with autocast_ctx(dev, amp_dtype):
                 hits += int((net(xb).argmax(1) == yb).sum().item())
     return hits

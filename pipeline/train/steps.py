@@ -102,7 +102,8 @@ class StepResult:
     parts: dict[str, torch.Tensor]  # detached scalars: cl_nat, cl_adv, sir, air
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for ``dtype`` on ``device``; a no-op context when dtype is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -128,7 +129,7 @@ def pretrain_loss(
     mf = torch.channels_last if s.channels_last else torch.contiguous_format
     x_nat = torch.cat([x_i, x_j]).contiguous(memory_format=mf)
     n = images.shape[0]
-    with _autocast(device, s.amp_dtype):
+    with autocast_ctx(device, s.amp_dtype):
         if s.mode == "simclr":
             z, _, _ = forward(x_nat)
             loss = nt_xent_loss(z[:n], z[n:], temperature=s.temperature)

@@ -151,8 +151,8 @@ class SegmentWorker:
         global_batch = cfg.train.batch_size * self.world
         for epoch in range(self.epoch0 + 1, self.stop_epoch + 1):
             gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + self.rank)
-            sums = torch.zeros(n_stats + 1, device=device, dtype=torch.float64)  # stats..., images
-            nonfinite, i, seen = False, -1, []
+            sums = torch.zeros(n_stats, device=device, dtype=torch.float64)
+            n_local, nonfinite, i, seen = 0, False, -1, []
             t0 = time.perf_counter()
             for i, batch in enumerate(self._batches(epoch)):
                 if i >= self.steps:
@@ -173,11 +173,13 @@ class SegmentWorker:
                 loss.backward()
                 optimizer.step()
                 self.global_step += 1
-                sums += torch.cat([stats.detach().double(), torch.tensor([float(b)], device=device, dtype=torch.float64)])
+                sums += stats.detach().double()
+                n_local += b
                 if cfg.train.log_every and (i + 1) % cfg.train.log_every == 0:
                     self.log(f"epoch {epoch} step {i + 1}/{self.steps} loss {loss.item():.4f} lr {lr:.4g}")
+            sums = torch.cat([sums, torch.tensor([float(n_local)], device=device, dtype=torch.float64)])
             if self.world > 1:
-                dist.all_reduce(sums)
+                dist.all_reduce(sums)  # stats..., images
             dt = time.perf_counter() - t0
             n_img = sums[-1].item()
             metrics = {
