@@ -26,8 +26,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from pipeline.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
 
 

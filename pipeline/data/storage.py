@@ -24,8 +24,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from pipeline.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad or missing data: the message names the file/object and what is wrong."""
 
 

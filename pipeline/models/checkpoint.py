@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from pipeline.models.base import Encoder
+from pipeline.errors import UserError
 from pipeline.models.factory import arch_kwargs_of, build_model
 from pipeline.models.multi_bn import BN_LEAVES, iter_multi_bn
 
@@ -45,7 +46,7 @@ _RE_SINGLE_LIST = re.compile(r"^(.*)\.bn_list\.([a-z_]+)$")
 _RE_LEAF = re.compile(r"^(.*)\.([a-z_]+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """Checkpoint does not match the model; lists keys (`missing`, `unexpected`, `mismatched`)."""
 
     def __init__(

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import yaml
 
+from pipeline.errors import UserError
 from pipeline.report.cost import PriceTable, RunCost, run_cost
 from pipeline.report.speedup import (
     MeasuredSpeedup,
@@ -46,7 +47,7 @@ ACC_KEYS = ("clean_acc", "pgd20_acc", "aa_acc", "mean_corruption_acc")
 ASSUMED_GREEDY_SHARE = 0.06
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A run/sweep input is missing or malformed; the message names the file."""
 
 

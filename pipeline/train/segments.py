@@ -40,16 +40,17 @@ from pipeline.config import dump_yaml, to_dict
 from pipeline.data.ray_datasets import read_dataset
 from pipeline.data.shards import Manifest, read_manifest, split_by_index
 from pipeline.data.storage import exists, join_uri, read_bytes, resolve, write_bytes_atomic
+from pipeline.errors import UserError
 from pipeline.models import save_encoder
 from pipeline.train.checkpoint import TrainState, load_state
 
 
-class RunFinishedError(RuntimeError):
+class RunFinishedError(UserError, RuntimeError):
     """The run name already holds a finished run (or another config); nothing is overwritten."""
 
 
-class TrainingFailed(RuntimeError):
-    pass
+class TrainingFailed(UserError, RuntimeError):
+    """Training stopped (non-finite loss, failed workers); the message names the epoch and cause."""
 
 
 @dataclass
