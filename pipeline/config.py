@@ -351,6 +351,9 @@ class LossConfig:
     dynaug_period: int = 50  # K: staircase length in epochs
     dynaug_lambda: float = 2 / 3  # omega = lambda * (1 - s)
     half: bool = False  # RCS repo's ACL divides (L_nat + L_adv) by 2
+    # several workers: projections all-gathered (with gradients) so NT-Xent, ACL and the AIR/SIR
+    # batch-softmaxes range over the global batch, as the authors' DataParallel; false = per worker
+    gather: bool = True
 
 
 @dataclass(frozen=True)

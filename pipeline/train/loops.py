@@ -50,7 +50,7 @@ def step_settings(cfg: PretrainConfig, epoch: int, device: torch.device) -> Step
         mode=cfg.loss.mode, strength=s, weight=w, temperature=cfg.loss.temperature,
         lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2, kl_form=cfg.loss.kl_form,
         half=cfg.loss.half, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
-        amp_dtype=amp, channels_last=cfg.model.channels_last,
+        amp_dtype=amp, channels_last=cfg.model.channels_last, gather=cfg.loss.gather,
     )
 
 

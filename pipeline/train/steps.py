@@ -5,6 +5,13 @@ that gets wrapped (it runs the natural, adversarial and original passes inside o
 while the PGD attack runs on the *unwrapped* network with gradients taken w.r.t. the input only
 (no weight-gradient accumulation, no gradient all-reduce during the attack).
 
+With several workers, ``StepSettings.gather`` (default) all-gathers the projections with their
+gradients before the loss (``pipeline.dist.gather_rows``), so NT-Xent's negatives and the AIR/SIR
+batch-softmaxes range over the *global* batch, as under the authors' ``nn.DataParallel``
+(BN statistics stay per worker, as there). The attack deliberately does not gather: PGD
+maximises each worker's *local* contrastive loss on the unwrapped net, with no collectives
+inside the attack loop (``jobs.benchmark attack-scope`` measures what that changes).
+
 Spec §3.3 (AIR repo, --ACL_DS) order of operations, which this mirrors:
   x_adv = PGD_contrastive(x)                     (eval mode, 'pgd' BN)
   z_adv = f(x_adv,'pgd'); z = f(x,'normal'); z_o = f(x_o,'normal')   (train mode)
@@ -21,6 +28,7 @@ from torch import nn
 
 from pipeline.attacks import pgd_contrastive
 from pipeline.data.transforms import to_float, two_views
+from pipeline.dist import gather_rows
 from pipeline.losses import acl_loss_parts, air_loss, nt_xent_loss
 
 MODES = ("simclr", "acl", "dynacl", "air")
@@ -90,6 +98,7 @@ class StepSettings:
     steps: int = 5
     amp_dtype: torch.dtype | None = None  # torch.bfloat16 on GPU
     channels_last: bool = False
+    gather: bool = True  # loss over the global batch when there are several workers
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -128,13 +137,10 @@ def pretrain_loss(
     x_i, x_j = two_views(images, s.strength, generator=generator)  # (N,3,H,W) each, on device
     mf = torch.channels_last if s.channels_last else torch.contiguous_format
     x_nat = torch.cat([x_i, x_j]).contiguous(memory_format=mf)
-    n = images.shape[0]
     with autocast_ctx(device, s.amp_dtype):
         if s.mode == "simclr":
             z, _, _ = forward(x_nat)
-            loss = nt_xent_loss(z[:n], z[n:], temperature=s.temperature)
-            zero = loss.detach() * 0
-            return StepResult(loss, {"cl_nat": loss.detach(), "cl_adv": zero, "sir": zero, "air": zero})
+            return projection_loss(z, None, None, s)
         # The attack sees both views at once through the 'pgd' BN in eval mode (spec §3.2).
         x_i_adv, x_j_adv = pgd_contrastive(
             net, x_i, x_j, eps=s.eps, alpha=s.alpha, steps=s.steps,
@@ -143,19 +149,43 @@ def pretrain_loss(
         x_adv = torch.cat([x_i_adv, x_j_adv]).contiguous(memory_format=mf)
         x_orig = to_float(images).contiguous(memory_format=mf) if s.mode == "air" else None
         z, z_adv, z_o = forward(x_nat, x_adv, x_orig)
+    return projection_loss(z, z_adv, z_o, s)
+
+
+def projection_loss(
+    z: torch.Tensor, z_adv: torch.Tensor | None, z_orig: torch.Tensor | None, s: StepSettings
+) -> StepResult:
+    """The pre-training objective of one step from this worker's projections.
+
+    Args:
+        z: (2N, D) natural projections, rows [views i ; views j]; z_adv likewise (None for
+            SimCLR); z_orig: (N, D) projections of the originals (AIR only, else None).
+    With ``s.gather`` and several workers, every term is computed over the global batch.
+    """
+    n = z.shape[0] // 2
+    views = [z[:n], z[n:]]
+    if z_adv is not None:
+        views += [z_adv[:n], z_adv[n:]]
+    if z_orig is not None:
+        views.append(z_orig)
+    if s.gather:
+        views = list(gather_rows(*views))
     # no casts here: the losses upcast bf16/fp16 projections to fp32 themselves and keep float64
+    if s.mode == "simclr":
+        loss = nt_xent_loss(views[0], views[1], temperature=s.temperature)
+        zero = loss.detach() * 0
+        return StepResult(loss, {"cl_nat": loss.detach(), "cl_adv": zero, "sir": zero, "air": zero})
+    z_i, z_j, z_i_adv, z_j_adv = views[:4]
     if s.mode == "air":
         out = air_loss(
-            z[:n], z[n:], z_o, z_adv[:n], z_adv[n:], weight=s.weight,
+            z_i, z_j, views[4], z_i_adv, z_j_adv, weight=s.weight,
             lambda1=s.lambda1, lambda2=s.lambda2, temperature=s.temperature, kl_form=s.kl_form,
         )
         parts = {k: getattr(out, k).detach() for k in ("cl_nat", "cl_adv", "sir", "air")}
         return StepResult(out.total, parts)
     # ACL (weight 0) and DynACL (weight omega(e)); the RCS repo's variant halves it (spec §3.3)
     weight = s.weight if s.mode == "dynacl" else 0.0
-    out = acl_loss_parts(
-        z[:n], z[n:], z_adv[:n], z_adv[n:], weight=weight, temperature=s.temperature, half=s.half
-    )
+    out = acl_loss_parts(z_i, z_j, z_i_adv, z_j_adv, weight=weight, temperature=s.temperature, half=s.half)
     zero = out.cl_nat * 0
     return StepResult(out.total, {"cl_nat": out.cl_nat, "cl_adv": out.cl_adv, "sir": zero, "air": zero})
 
