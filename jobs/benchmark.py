@@ -1,4 +1,4 @@
-"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs} [args]``.
+"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,attack-scope} [args]``.
 
 Dispatches to ``pipeline.benchmarks.<name>.main(argv)`` (imported only when asked for, so the
 step benchmark runs on a GPU box without Ray). Each benchmark prints a table and writes JSON
@@ -13,6 +13,8 @@ step benchmark runs on a GPU box without Ray). Each benchmark prints a table and
     # input pipeline and RCS selection (need Ray)
     python -m jobs.benchmark data --help
     python -m jobs.benchmark rcs --smoke-test
+    # PGD on each worker's local loss vs on the global batch (what loss.gather leaves local)
+    python -m jobs.benchmark attack-scope --batch 128 --workers 1,2,4,8
 
 Exit status: 0 on success, 2 for an unknown or unavailable benchmark, 1 when the benchmark
 reports a failed parity check (``result["parity"]["ok"] is False``).
@@ -25,7 +27,7 @@ import importlib.util
 import sys
 from typing import Any
 
-BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs")
+BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "attack-scope")
 PACKAGE = "pipeline.benchmarks"
 
 
@@ -37,7 +39,7 @@ def load(name: str, package: str = PACKAGE) -> Any:
     """The benchmark module ``<package>.<name>``; LookupError with a clear message if absent."""
     if name not in BENCHMARKS:
         raise LookupError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    modname = f"{package}.{name}"
+    modname = f"{package}.{name.replace('-', '_')}"
     try:
         spec = importlib.util.find_spec(modname)
     except ModuleNotFoundError:  # the package itself is missing

@@ -115,3 +115,17 @@ def test_gather_rows_is_identity_without_process_group() -> None:
     a, b = torch.randn(4, 3), torch.randn(4, 5)
     ga, gb = gather_rows(a, b)
     assert ga is a and gb is b
+
+
+def test_attack_scope_benchmark_local_attacks_still_ascend_the_global_loss(tmp_path) -> None:
+    """``jobs.benchmark attack-scope``: each shard's local PGD still raises the *global* cl_adv."""
+    from pipeline.benchmarks.attack_scope import main
+
+    out = tmp_path / "as.json"
+    res = main(["--batch", "16", "--workers", "1,2,4", "--width", "4", "--steps", "2",
+                "--out", str(out)])
+    assert out.exists() and [r["workers"] for r in res["rows"]] == [1, 2, 4]
+    assert res["cl_adv_global_w1"] > res["cl_clean"]
+    for r in res["rows"]:
+        assert r["cl_adv_global"] > res["cl_clean"], r
+        assert 0 < r["delta_diff_over_eps"] <= 2.0  # perturbations live in the same eps-ball
