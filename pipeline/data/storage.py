@@ -149,8 +149,29 @@ def wrap_os_error(exc: BaseException, uri: str, action: str) -> DataError:
     return DataError(f"{uri}: cannot {action}: {msg}{hint}")
 
 
+@dataclass
+class ReadStats:
+    """Process-wide count of what :func:`read_bytes` returned (benchmarks reset and read it)."""
+
+    bytes: int = 0
+    files: int = 0
+
+    def reset(self) -> None:
+        self.bytes = self.files = 0
+
+
+READ_STATS = ReadStats()
+
+
 def read_bytes(loc: Location) -> bytes:
     """Read a whole file/object; DataError naming it when missing or unreadable."""
+    data = _read_bytes(loc)
+    READ_STATS.bytes += len(data)
+    READ_STATS.files += 1
+    return data
+
+
+def _read_bytes(loc: Location) -> bytes:
     try:
         info = loc.fs.get_file_info(loc.path)
         if info.type == pafs.FileType.NotFound:
