@@ -385,6 +385,51 @@ def iter_shards(uri: Union[str, Manifest], *, order: Optional[Sequence[int]] = N
                np.arange(sh.first_index, sh.first_index + sh.rows, dtype=np.int64))
 
 
+def stream_batches(uri: Union[str, Manifest], batch_size: int, *, seed: int, epoch: int,
+                   indices: Optional[Sequence[int]] = None, rank: int = 0, world: int = 1,
+                   buffer_rows: int = 20_000, verify: bool = True,
+                   s3_endpoint: Optional[str] = None,
+                   storage_options: Optional[dict[str, Any]] = None,
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One epoch of ``(images uint8 (B,H,W,3), labels, index)`` batches in bounded memory.
+
+    Shards are read one at a time in a per-epoch seeded order (this rank takes every
+    ``world``-th shard of it), restricted to ``indices`` when given, and pass through a shuffle
+    buffer of at most ``buffer_rows`` rows + one shard, from which batches are drawn at random
+    (seeded by (seed, epoch, rank)). Memory does not grow with the dataset.
+    """
+    kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+    m = _as_manifest(uri, **kw)
+    if batch_size < 1 or buffer_rows < 1:
+        raise DataError("batch_size and buffer_rows must be >= 1")
+    keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+    ss = np.random.SeedSequence([int(seed) % 2**63, int(epoch), 0x57AE])
+    order = np.random.default_rng(ss).permutation(len(m.shards))
+    if keep is not None:
+        held = set(np.unique(shard_of(m, keep)).tolist())
+        order = np.array([k for k in order if k in held], dtype=np.int64)
+    mine = order[rank::world].tolist()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, int(epoch), rank]))
+    shape = tuple(m.image_shape)
+    b_im = np.zeros((0, *shape), np.uint8)
+    b_lab = b_idx = np.zeros(0, np.int64)
+    for im, lab, idx in iter_shards(m, order=mine, verify=verify, **kw):
+        if keep is not None:
+            sel = np.flatnonzero(np.isin(idx, keep))
+            im, lab, idx = im[sel], lab[sel], idx[sel]
+        # buffer + this shard, shuffled once; batches leave from the front until the buffer
+        # is back to buffer_rows rows
+        p = rng.permutation(len(b_lab) + len(lab))
+        b_im = np.concatenate([b_im, im])[p]
+        b_lab, b_idx = np.concatenate([b_lab, lab])[p], np.concatenate([b_idx, idx])[p]
+        n_out = max(0, len(b_lab) - buffer_rows) // batch_size * batch_size
+        for s0 in range(0, n_out, batch_size):
+            yield b_im[s0:s0 + batch_size], b_lab[s0:s0 + batch_size], b_idx[s0:s0 + batch_size]
+        b_im, b_lab, b_idx = b_im[n_out:].copy(), b_lab[n_out:], b_idx[n_out:]
+    for s0 in range(0, len(b_lab), batch_size):
+        yield b_im[s0:s0 + batch_size], b_lab[s0:s0 + batch_size], b_idx[s0:s0 + batch_size]
+
+
 def split_by_index(source: Union[Manifest, int, np.ndarray, str], val_fraction: float,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic disjoint (train, val) split of global indices, both sorted int64.

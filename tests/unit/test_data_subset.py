@@ -17,6 +17,7 @@ from pipeline.data.shards import (
     read_manifest,
     read_source_index,
     shard_of,
+    stream_batches,
     write_dataset,
     write_subset,
 )
@@ -111,3 +112,22 @@ def test_write_subset_manifest_written_last(ds, tmp_path: Path, monkeypatch) -> 
     write_subset(uri, np.arange(0, 100, 9), str(tmp_path / "s"), shard_size=4)
     assert names[0] == SOURCE_INDEX_NAME and names[-1] == MANIFEST_NAME
     assert names.count(MANIFEST_NAME) == 1
+
+
+def test_stream_batches_covers_each_row_once_with_bounded_buffer(ds) -> None:
+    uri, x, y = ds
+    idx = np.arange(3, 97, 2)
+    for world in (1, 2):
+        seen = []
+        for rank in range(world):
+            for im, lab, ii in stream_batches(uri, 8, seed=1, epoch=2, indices=idx, rank=rank,
+                                              world=world, buffer_rows=10):
+                assert len(ii) <= 8
+                assert np.array_equal(im, x[ii]) and np.array_equal(lab, y[ii])
+                seen.append(ii)
+        allseen = np.concatenate(seen)
+        assert np.array_equal(np.sort(allseen), idx)  # every row once across the ranks
+    a = np.concatenate([b[2] for b in stream_batches(uri, 8, seed=1, epoch=2, buffer_rows=10)])
+    b = np.concatenate([b[2] for b in stream_batches(uri, 8, seed=1, epoch=3, buffer_rows=10)])
+    assert not np.array_equal(a, b) and np.array_equal(np.sort(a), np.arange(N))
+    assert not np.array_equal(a, np.sort(a))  # shuffled
