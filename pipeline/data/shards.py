@@ -385,6 +385,29 @@ def iter_shards(uri: Union[str, Manifest], *, order: Optional[Sequence[int]] = N
                np.arange(sh.first_index, sh.first_index + sh.rows, dtype=np.int64))
 
 
+def _stream_order(m: Manifest, seed: int, epoch: int, keep: Optional[np.ndarray]) -> np.ndarray:
+    """The per-epoch seeded shard order of :func:`stream_batches` (shards holding ``keep``)."""
+    ss = np.random.SeedSequence([int(seed) % 2**63, int(epoch), 0x57AE])
+    order = np.random.default_rng(ss).permutation(len(m.shards))
+    if keep is not None:
+        held = set(np.unique(shard_of(m, keep)).tolist())
+        order = np.array([k for k in order if k in held], dtype=np.int64)
+    return order
+
+
+def stream_rows_per_rank(uri: Union[str, Manifest], *, seed: int, epoch: int, world: int,
+                         indices: Optional[Sequence[int]] = None,
+                         s3_endpoint: Optional[str] = None) -> list[int]:
+    """Rows each rank's :func:`stream_batches` yields this epoch (so DDP ranks can agree on a
+    common number of steps without reading anything)."""
+    m = _as_manifest(uri, s3_endpoint=s3_endpoint)
+    keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+    per = (np.array([sh.rows for sh in m.shards]) if keep is None
+           else np.bincount(shard_of(m, keep), minlength=len(m.shards)))
+    order = _stream_order(m, seed, epoch, keep)
+    return [int(per[order[r::world]].sum()) for r in range(world)]
+
+
 def stream_batches(uri: Union[str, Manifest], batch_size: int, *, seed: int, epoch: int,
                    indices: Optional[Sequence[int]] = None, rank: int = 0, world: int = 1,
                    buffer_rows: int = 20_000, verify: bool = True,
@@ -403,11 +426,7 @@ def stream_batches(uri: Union[str, Manifest], batch_size: int, *, seed: int, epo
     if batch_size < 1 or buffer_rows < 1:
         raise DataError("batch_size and buffer_rows must be >= 1")
     keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
-    ss = np.random.SeedSequence([int(seed) % 2**63, int(epoch), 0x57AE])
-    order = np.random.default_rng(ss).permutation(len(m.shards))
-    if keep is not None:
-        held = set(np.unique(shard_of(m, keep)).tolist())
-        order = np.array([k for k in order if k in held], dtype=np.int64)
+    order = _stream_order(m, seed, epoch, keep)
     mine = order[rank::world].tolist()
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, int(epoch), rank]))
     shape = tuple(m.image_shape)
