@@ -233,13 +233,15 @@ def main(argv: list[str] | None = None) -> dict:
                       "ratio": storage.READ_STATS.bytes / (share + val_bytes)})
         if c.chunk_id in scored:
             coreset.append(np.asarray(scored[c.chunk_id]["indices"], np.int64))
-            assert scored[c.chunk_id]["bytes_read"] == storage.READ_STATS.bytes, \
-                "a scored task read other bytes than its replay"
+            if scored[c.chunk_id]["bytes_read"] != storage.READ_STATS.bytes:
+                raise RuntimeError(f"task {c.chunk_id} read {scored[c.chunk_id]['bytes_read']} "
+                                   f"bytes, its replay {storage.READ_STATS.bytes}")
         else:  # stand-in picks: the first `budget` positions of the chunk's shuffled minibatches
             coreset.append(g[: c.budget])
     sel_bytes = sum(t["bytes_read"] for t in tasks)
     core = np.concatenate(coreset)
-    assert len(np.unique(core)) == len(core) == plan.total_budget
+    if not len(np.unique(core)) == len(core) == plan.total_budget:
+        raise RuntimeError(f"coreset of {len(core)} rows, expected {plan.total_budget} unique")
 
     # --- coreset vs full epoch ---------------------------------------------------------------
     core_uri = uri + "-coreset"
