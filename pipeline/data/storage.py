@@ -234,3 +234,21 @@ def delete(loc: Location) -> None:
             loc.fs.delete_file(loc.path)
     except (OSError, ValueError) as e:
         raise wrap_os_error(e, loc.uri, "delete") from None
+
+
+def local_copy(uri: str, *, s3_endpoint: Optional[str] = None,
+               storage_options: Optional[dict[str, Any]] = None) -> str:
+    """A local path holding the file at ``uri``: ``uri`` itself when local, else a fresh copy of
+    the object (e.g. an ``s3://.../encoder.pt``) under the temp folder, written atomically."""
+    if not is_s3(uri):
+        return uri
+    import hashlib
+    import tempfile
+
+    data = read_bytes(resolve(uri, s3_endpoint=s3_endpoint, storage_options=storage_options))
+    folder = Path(tempfile.gettempdir(), "pipeline-fetch")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + posixpath.basename(uri)
+    dest = folder / name
+    write_bytes_atomic(resolve(str(dest)), data)
+    return str(dest)

@@ -42,8 +42,10 @@ def load_pretrained(path: str, model_cfg: ModelConfig) -> torch.nn.Module:
     Authors' files carry no architecture: ``model_cfg`` describes it. Their projection head is
     ignored (fine-tuning discards it, spec §1.4).
     """
+    from pipeline.data.storage import local_copy
     from pipeline.models import CheckpointError, build_from_config, load_authors_checkpoint, load_encoder
 
+    path = local_copy(path)  # s3://.../encoder.pt is fetched once per call
     try:
         model, _ = load_encoder(path)
         return model.eval()
