@@ -616,6 +616,14 @@ def write_subset(source: Union[str, Manifest], indices: Sequence[int], dest: str
     ``source_index.npy`` (int64, row -> global index of ``source``, read back with
     :func:`read_source_index`) before the manifest, which is written last. A coreset epoch
     then reads ~n rows instead of filtering every shard of ``source``.
+
+    Where it plugs in (issue 12 item 2): ``pipeline/train/segments.py`` trains a segment with
+    ``read_dataset(cfg.data.manifest, indices=rows)`` where ``rows`` are the coreset indices,
+    i.e. every epoch reads all shards and filters. After ``_select``, write the coreset with
+    ``write_subset(manifest, idx, <run storage>/coresets/epoch-NNNN)`` and read that instead
+    (keep ``idx`` in the checkpoint for exact resume; rewrite the subset if it is missing;
+    delete superseded ones when the run finishes). Likewise write the validation split once
+    per run and pass it as ``select_coreset_ray(val_manifest_uri=...)``.
     """
     kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
     m = _as_manifest(source, **kw)
