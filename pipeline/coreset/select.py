@@ -371,6 +371,8 @@ class SelectionResult:
             "n_scored": sum(c.n_scored for c in self.chunks),
             "n_q_evals": sum(c.n_q_evals for c in self.chunks),
             "selection_time_s": self.wall_time_s,
+            "bytes_read": sum(c.bytes_read for c in self.chunks),  # Ray path: all tasks' reads
+            "max_task_peak_rss_bytes": max((c.peak_rss_bytes for c in self.chunks), default=0),
         }
 
 
