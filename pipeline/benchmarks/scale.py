@@ -11,7 +11,9 @@
    ``--score-tasks`` of the tasks (one chunk each, as ``rcs.num_tasks = 0``) really run --
    ``score_chunks`` in a fresh process, a width-4 ResNet-18 on the CPU -- and report their
    bytes read and peak RSS. For the whole round, every task's reads are then replayed for
-   real (its ``RowReader`` reads, without the scoring) and counted.
+   real (its ``RowReader`` reads, without the scoring) and counted; the first and the last
+   task's data path alone (validation images + its rows) also runs in a fresh process for its
+   peak RSS (the part of a task's memory that could grow with the dataset).
 3. Materialises a coreset (the scored tasks' picks; for the others their chunk's first
    ``budget`` positions, i.e. random rows of their chunk: the greedy picks whole random
    minibatches too) with ``write_subset``, and counts the bytes of one coreset epoch vs one
@@ -145,6 +147,24 @@ def _stream_child(q: Any, uri: str, batch: int, buffer_rows: int, seed: int) -> 
            "rss_after_imports": base, "seconds": time.perf_counter() - t0})
 
 
+def _read_child(q: Any, uri: str, val: np.ndarray, val_uri: str, g: np.ndarray) -> None:
+    """A task's data path alone (what grows with the data): validation images (uint8 and the
+    float copy the scorer keeps), then its candidates' rows through ``RowReader``."""
+    import torch
+
+    from pipeline.coreset.ray_tasks import read_validation
+    from pipeline.data import storage
+    from pipeline.data.shards import RowReader
+
+    base = _rss_bytes()
+    storage.READ_STATS.reset()
+    vim = read_validation(uri, val, val_manifest_uri=val_uri)
+    x_val = torch.from_numpy(vim).permute(0, 3, 1, 2).float() / 255.0
+    images, labels = RowReader(uri).read(g)
+    q.put({"peak_rss": _rss_bytes(), "rss_after_imports": base,
+           "bytes_read": storage.READ_STATS.bytes, "rows": len(images) + 0 * x_val.shape[0]})
+
+
 def _baseline_child(q: Any) -> None:
     import torch  # noqa: F401
 
@@ -217,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
         (r,) = _in_child(_score_child, kw)
         scored[cid] = r
     baseline = _in_child(_baseline_child)["peak_rss"]
+    read_ids = sorted({0, len(work) - 1})
+    read_only = {cid: _in_child(_read_child, uri, val, val_uri, work[cid][1]) for cid in read_ids}
 
     # --- every task's reads, replayed for real ----------------------------------------------
     tasks = []
@@ -266,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
                       "max_task_ratio": max(t["ratio"] for t in tasks),
                       "tasks": tasks},
         "scored_tasks": per_task,
+        "task_data_path": [{"chunk_id": cid, "rows": len(work[cid][1]),
+                            "bytes_read": r["bytes_read"], "peak_rss_mib": r["peak_rss"] / mib,
+                            "rss_after_imports_mib": r["rss_after_imports"] / mib}
+                           for cid, r in read_only.items()],
         "baseline_rss_mib": baseline / mib,
         "coreset": {"rows": int(len(core)), "materialise_bytes_read": mat_bytes,
                     "epoch_bytes": core_epoch["bytes_read"],
@@ -317,6 +343,9 @@ def _print(rec: dict) -> None:
         lines.append(f"{'  / (its share + val set)':<44} {t['ratio']:>14.3f}")
         lines.append(f"{'  peak RSS (MiB)':<44} {t['peak_rss_mib']:>14.0f}")
         lines.append(f"{'  scoring wall time (s)':<44} {t['scored_wall_s']:>14.1f}")
+    for t in rec["task_data_path"]:
+        lines.append(f"{'RCS task ' + str(t['chunk_id']) + ' data path peak RSS (MiB)':<44} "
+                     f"{t['peak_rss_mib']:>14.0f}")
     rows = [
         ("process baseline RSS, torch imported (MiB)", f"{rec['baseline_rss_mib']:.0f}"),
         (f"RCS tasks ({s['n_chunks']}): max bytes / (share + val)", f"{s['max_task_ratio']:.3f}"),
