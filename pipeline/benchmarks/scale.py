@@ -10,7 +10,8 @@
    of 100 minibatches: ``jobs/configs/imagenet32_wrn_acl_rcs.yaml``; shard-dealt chunks).
    ``--score-tasks`` of the tasks (one chunk each, as ``rcs.num_tasks = 0``) really run --
    ``score_chunks`` in a fresh process, a width-4 ResNet-18 on the CPU -- and report their
-   bytes read and peak RSS. For the whole round, every task's reads are then replayed for
+   bytes read and peak RSS (validation images: read once per round by the driver and shared,
+   as ``select_coreset_ray`` does). For the whole round, every task's reads are replayed for
    real (its ``RowReader`` reads, without the scoring) and counted; the first and the last
    task's data path alone (validation images + its rows) also runs in a fresh process for its
    peak RSS (the part of a task's memory that could grow with the dataset).
@@ -230,10 +231,14 @@ def main(argv: list[str] | None = None) -> dict:
     picks = [c.budget for c in plan.chunks]
     score_ids = sorted({0, len(work) - 1} if a.score_tasks >= 2 else {0})[: a.score_tasks]
     scored: dict[int, dict] = {}
+    # The Ray driver reads the validation images once per round and shares them (object store).
+    storage.READ_STATS.reset()
+    vim = read_validation(uri, val, val_manifest_uri=val_uri)
+    val_round_bytes = storage.READ_STATS.bytes
     for cid in score_ids:
         kw = dict(payload=payload, chunks=[work[cid]], manifest_uri=uri, val_indices=val,
                   spec=spec.to_dict(), round_seed=seed, num_threads=a.threads,
-                  val_manifest_uri=val_uri)
+                  val_manifest_uri=val_uri, val_images=vim)
         (r,) = _in_child(_score_child, kw)
         scored[cid] = r
     baseline = _in_child(_baseline_child)["peak_rss"]
@@ -245,7 +250,6 @@ def main(argv: list[str] | None = None) -> dict:
     coreset = []
     for c, (lc, g) in zip(plan.chunks, work):
         storage.READ_STATS.reset()
-        read_validation(uri, val, val_manifest_uri=val_uri)
         reader = RowReader(uri)
         images, _ = reader.read(g)
         del images
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    f"bytes, its replay {storage.READ_STATS.bytes}")
         else:  # stand-in picks: the first `budget` positions of the chunk's shuffled minibatches
             coreset.append(g[: c.budget])
-    sel_bytes = sum(t["bytes_read"] for t in tasks)
+    sel_bytes = val_round_bytes + sum(t["bytes_read"] for t in tasks)
     core = np.concatenate(coreset)
     if not len(np.unique(core)) == len(core) == plan.total_budget:
         raise RuntimeError(f"coreset of {len(core)} rows, expected {plan.total_budget} unique")
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "val_dataset_bytes": val_bytes, "val_materialise_bytes_read": val_write_bytes,
                  "generate_s": gen_s},
         "selection": {"n_chunks": len(plan.chunks), "budget": plan.total_budget,
+                      "val_bytes_read_by_driver": val_round_bytes,
                       "bytes_read": sel_bytes, "x_dataset": sel_bytes / data_bytes,
                       "max_task_ratio": max(t["ratio"] for t in tasks),
                       "tasks": tasks},

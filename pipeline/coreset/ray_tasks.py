@@ -14,13 +14,14 @@ each candidate (``plan.py``), so a chunk is a seeded random run of shards with i
 shuffled inside it, and a task reads only the shards of its chunks, each verified (sha256) and
 each once: ``RowReader`` keeps the requested rows and drops the shard (peak memory = its rows +
 one shard), and remembers the last shard so consecutive chunks of a task sharing a boundary
-shard read it once. Why not Ray Data: the greedy needs all of a chunk's full head gradients at
+shard read it once. The driver reads the validation images once per round and shares them
+through the object store. Why not Ray Data: the greedy needs all of a chunk's full head gradients at
 once anyway (they are its state), the serial path must stay a plain function with the same
 plan for the parallel == serial guarantee, and whole verified shards keep the checksums
-meaningful (a row-group read cannot check a file's sha256). Validation images are read once per
-task, ideally from their own small dataset (``val_manifest_uri``, written once per run with
-``pipeline.data.shards.write_subset``): read from the training shards they would touch every
-shard, since the validation split is a random sample.
+meaningful (a row-group read cannot check a file's sha256). Validation images are best read from
+their own small dataset (``val_manifest_uri``, written once per run with
+``pipeline.data.shards.write_subset``): read from the training shards they touch every shard,
+since the validation split is a random sample.
 
 Tasks run on the GPU when asked (``use_gpu``; ``rcs.use_gpu`` defaults to the trainer's
 ``scaling.use_gpu``) and otherwise with ``num_cpus`` torch threads, the CPUs they reserve.
@@ -111,12 +112,13 @@ def score_chunks(
     s3_endpoint: str | None = None,
     num_threads: int = 1,
     val_manifest_uri: str | None = None,
+    val_images: np.ndarray | None = None,
 ) -> list[ChunkResult]:
     """Plain function run by each task (importable and testable without Ray).
 
     Chunks are scored one after the other; each reads only its own rows (``RowReader``), so
     the task holds one chunk's images (+ one shard) at a time. Each result carries the bytes
-    read for it (``bytes_read``; the validation images count towards the first) and the
+    read for it (``bytes_read``; validation images read here count towards the first) and the
     process's peak RSS so far (``peak_rss_bytes``).
 
     Args:
@@ -128,6 +130,8 @@ def score_chunks(
         spec: ``SelectionSpec.to_dict()``.
         num_threads: torch intra-op threads (the CPUs the task reserved).
         val_manifest_uri: the validation images as their own dataset (``write_subset``).
+        val_images: uint8 (V,H,W,3) validation images already read (the Ray driver reads them
+            once per round and shares them through the object store); None = read them here.
     """
     torch.set_num_threads(max(1, int(num_threads)))
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -137,8 +141,8 @@ def score_chunks(
     sp = SelectionSpec.from_dict(spec)
     scorer = SATScorer(sp) if kind == "sat" else ACLScorer(sp)
     b0 = storage.READ_STATS.bytes
-    vim = read_validation(manifest_uri, val_indices, val_manifest_uri=val_manifest_uri,
-                          s3_endpoint=s3_endpoint)
+    vim = val_images if val_images is not None else read_validation(
+        manifest_uri, val_indices, val_manifest_uri=val_manifest_uri, s3_endpoint=s3_endpoint)
     x_val = prepare_val(torch.from_numpy(vim).permute(0, 3, 1, 2), model)
     del vim
     reader = RowReader(manifest_uri, s3_endpoint=s3_endpoint)
@@ -205,7 +209,7 @@ def select_coreset_ray(
         num_cpus: CPUs each task asks for; it runs that many torch threads.
         val_manifest_uri: the validation images as their own small dataset (``write_subset``
             of ``val_indices``); None = read them from ``manifest_uri`` (every shard holding
-            one, i.e. about all of them, per task).
+            one, i.e. about all of them, once per round on the driver).
         kind: "acl" (dual-BN + projection head) or "sat" (single-BN classifier, labels used).
         model_kwargs: build_model kwargs; default ``arch_kwargs_of(model)``.
         allow_overlap: accept validation indices among the candidates (the authors' DynACL
@@ -234,8 +238,12 @@ def select_coreset_ray(
             "state_dict": {k: v.detach().cpu() for k, v in base.state_dict().items()},
             "model_kwargs": model_kwargs if model_kwargs is not None else arch_kwargs_of(base),
         }
-        # [1] Put the weights in the object store ONCE; every task receives the same reference.
+        # [1] Put the weights and the validation images (read once per round, not per task)
+        # in the object store ONCE; every task receives the same references.
         payload_ref = ray.put(payload)
+        val_ref = ray.put(read_validation(manifest_uri, val_indices,
+                                          val_manifest_uri=val_manifest_uri,
+                                          s3_endpoint=s3_endpoint))
         n_tasks = len(work) if num_tasks <= 0 else min(num_tasks, len(work))
         bounds = np.linspace(0, len(work), n_tasks + 1).round().astype(int)
         groups = [work[bounds[i]:bounds[i + 1]] for i in range(n_tasks)]
@@ -245,7 +253,7 @@ def select_coreset_ray(
             task.remote(payload_ref, g, manifest_uri=manifest_uri, val_indices=val_indices,
                         spec=spec.to_dict(), round_seed=round_seed, kind=kind, use_gpu=use_gpu,
                         s3_endpoint=s3_endpoint, num_threads=num_cpus,
-                        val_manifest_uri=val_manifest_uri)
+                        val_manifest_uri=val_manifest_uri, val_images=val_ref)
             for g in groups
         ]
         # [3] Gather the small per-chunk results (indices, gains) and merge them on the driver.

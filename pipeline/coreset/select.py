@@ -332,8 +332,8 @@ class ChunkResult:
     n_q_evals: int = 0  # validation RD gradients computed
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0  # CPU seconds of the scoring process (robust to a busy machine)
-    bytes_read: int = 0  # storage bytes its task read for it (Ray path; the first chunk of a
-    # task also counts the validation images)
+    bytes_read: int = 0  # storage bytes its task read for it (Ray path; the driver reads the
+    # validation images once per round, not counted here)
     peak_rss_bytes: int = 0  # peak RSS of the scoring process after this chunk (Ray path)
 
 
