@@ -1,4 +1,4 @@
-"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,attack-scope} [args]``.
+"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,scale,attack-scope} [args]``.
 
 Dispatches to ``pipeline.benchmarks.<name>.main(argv)`` (imported only when asked for, so the
 step benchmark runs on a GPU box without Ray). Each benchmark prints a table and writes JSON
@@ -15,6 +15,9 @@ step benchmark runs on a GPU box without Ray). Each benchmark prints a table and
     python -m jobs.benchmark rcs --smoke-test
     # PGD on each worker's local loss vs on the global batch (what loss.gather leaves local)
     python -m jobs.benchmark attack-scope --batch 128 --workers 1,2,4,8
+    # data-plane cost at ImageNet-32 size (RCS tasks, coreset epoch, fine-tuning loader)
+    python -m jobs.benchmark scale --images 20000 --shard-size 154 --chunk-batches 8
+    python -m jobs.benchmark scale        # 1,281,167 images, cached under /work/scale-cache
 
 Exit status: 0 on success, 2 for an unknown or unavailable benchmark, 1 when the benchmark
 reports a failed parity check (``result["parity"]["ok"] is False``).
@@ -27,7 +30,7 @@ import importlib.util
 import sys
 from typing import Any
 
-BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "attack-scope")
+BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "scale", "attack-scope")
 PACKAGE = "pipeline.benchmarks"
 
 

@@ -384,13 +384,22 @@ class RCSConfig:
     pgd_steps: int = 3  # RD-PGD steps on the validation set (small 3, IN-32 1)
     train_pgd_steps: int = 5  # PGD steps for the candidates' contrastive gradients (IN-32: 1)
     num_tasks: int = 0  # parallel Ray scoring tasks; 0 = one per chunk
-    use_gpu: bool = False  # scoring tasks request a GPU each
+    use_gpu: Optional[bool] = None  # scoring tasks request a GPU each; None = scaling.use_gpu
+    cpus_per_task: int = 1  # CPUs (= torch threads) each scoring task asks for
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"rcs.fraction must be in (0, 1], got {self.fraction}")
         if self.interval < 1:
             raise ConfigError(f"rcs.interval must be >= 1, got {self.interval}")
+        if self.cpus_per_task < 1:
+            raise ConfigError(f"rcs.cpus_per_task must be >= 1, got {self.cpus_per_task}")
+
+
+def resolve_rcs_gpu(cfg: Any) -> None:
+    """Set ``cfg.rcs.use_gpu`` (frozen) to ``cfg.scaling.use_gpu`` when it was left at None."""
+    if cfg.rcs.use_gpu is None:
+        object.__setattr__(cfg, "rcs", dataclasses.replace(cfg.rcs, use_gpu=cfg.scaling.use_gpu))
 
 
 @dataclass(frozen=True)
@@ -436,6 +445,7 @@ class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        resolve_rcs_gpu(self)  # RCS tasks use the GPU when the trainer does, unless told
         if not 0 <= self.optim.warmup_epochs < self.train.epochs:
             raise ConfigError(
                 f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be < train.epochs ({self.train.epochs})"

@@ -41,7 +41,13 @@ from pipeline.config import atomic_write_text
 from pipeline.coreset.plan import exact_budget
 from pipeline.coreset.ray_tasks import select_coreset_ray
 from pipeline.coreset.select import ArrayFetcher, SelectionSpec, select_coreset
-from pipeline.data.shards import load_arrays, split_by_index, write_dataset
+from pipeline.data.shards import (
+    load_arrays,
+    read_manifest,
+    shard_of,
+    split_by_index,
+    write_dataset,
+)
 from pipeline.data.transforms import two_views
 from pipeline.losses import nt_xent_loss
 from pipeline.models import build_model
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         serial = select_coreset(model, fetch_images=ArrayFetcher(images, labels, index),
                                 train_indices=train,
                                 val_images=torch.from_numpy(vim).permute(0, 3, 1, 2), spec=spec,
-                                round_seed=a.seed)
+                                round_seed=a.seed, groups=shard_of(read_manifest(uri), train))
         rec["serial_in_process_s"] = time.perf_counter() - t0
         rec["serial_in_process_cpu_s"] = time.process_time() - c0
         assert np.array_equal(serial.indices, runs[1][1].indices)

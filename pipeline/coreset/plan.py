@@ -7,6 +7,22 @@ make the total exact: the budget is round(k * N) samples, split over the chunks 
 largest-remainder method, and a chunk whose budget is not a multiple of the minibatch size
 ends with a *partial* pick (see ``take_sizes``).
 
+Shard-dealt chunks (``groups``, the Ray path's default). With ``groups=None`` the positions
+are one global permutation cut into minibatches and chunks (the authors' loader order), so
+every chunk draws from every shard and a task scoring one chunk has to read the whole dataset.
+With ``groups`` (the shard of each position), a round instead shuffles the *groups* (seeded),
+lays the positions out group after group (index order inside a group), cuts that sequence into
+chunks of ``chunk_batches * batch_size`` positions, and forms each chunk's minibatches from a
+seeded shuffle *within* the chunk. A chunk then covers a run of whole shards (plus at most two
+shared with its neighbours), so its task reads about its own share of the data, and the round
+reads each shard once or twice: bytes per task ~ (chunk + 2 shards), per round ~ (N + one shard
+per chunk boundary). What stays: minibatches are random within a chunk, chunk sizes and
+budgets (largest remainder over round(k * N)) are the same, and the plan is a pure function of
+(n_train, groups, seed), so serial and parallel rounds agree exactly. What changes: which
+samples share a chunk (a chunk is a random handful of shards, reshuffled every round, instead of
+a random sample of the whole set); with class-sorted shards a chunk sees fewer classes, but its
+budget is still proportional to its size.
+
 Pure numpy; positions refer to ``0..n_train-1`` (rows of the caller's ``train_indices``).
 """
 
@@ -95,7 +111,8 @@ def largest_remainder(total: int, sizes: list[int]) -> list[int]:
 
 
 def plan_selection(
-    n_train: int, fraction: float, batch_size: int, chunk_batches: int, seed: int
+    n_train: int, fraction: float, batch_size: int, chunk_batches: int, seed: int,
+    *, groups: np.ndarray | None = None,
 ) -> SelectionPlan:
     """Shuffle ``0..n_train-1`` into minibatches and chunks and give each chunk its budget.
 
@@ -107,6 +124,9 @@ def plan_selection(
         chunk_batches: minibatches per chunk (authors 100 on ImageNet, §5.5); 0 = one chunk.
             The last chunk may be shorter.
         seed: shuffling seed (one per selection round).
+        groups: optional (n_train,) integer group (shard) of every position: chunks are dealt
+            whole groups in a seeded group order, minibatches shuffled within each chunk
+            (module docstring). None = one global permutation.
 
     Returns:
         A ``SelectionPlan``; positions are permuted by ``np.random.default_rng(seed)``.
@@ -118,18 +138,38 @@ def plan_selection(
     if n_train < 0:
         raise ValueError(f"n_train must be >= 0, got {n_train}")
     total = exact_budget(n_train, fraction)
-    perm = np.random.default_rng(seed).permutation(n_train).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n_train).astype(np.int64)
+    else:
+        perm = _grouped_order(np.asarray(groups).reshape(-1), n_train, rng, batch_size,
+                              chunk_batches)
     batches = [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
     per_chunk = chunk_batches if chunk_batches > 0 else max(1, len(batches))
-    groups = [batches[i : i + per_chunk] for i in range(0, len(batches), per_chunk)]
-    budgets = largest_remainder(total, [sum(len(b) for b in g) for g in groups])
+    parts = [batches[i : i + per_chunk] for i in range(0, len(batches), per_chunk)]
+    budgets = largest_remainder(total, [sum(len(b) for b in g) for g in parts])
     chunks = tuple(
         ChunkPlan(chunk_id=c, batches=tuple(g), budget=budgets[c], first_batch=c * per_chunk)
-        for c, g in enumerate(groups)
+        for c, g in enumerate(parts)
     )
     return SelectionPlan(
         n_train=n_train, fraction=fraction, batch_size=batch_size, total_budget=total, chunks=chunks
     )
+
+
+def _grouped_order(groups: np.ndarray, n_train: int, rng: np.random.Generator, batch_size: int,
+                   chunk_batches: int) -> np.ndarray:
+    """Positions group by group in a shuffled group order, then shuffled within each chunk."""
+    if groups.shape != (n_train,):
+        raise ValueError(f"groups must have one entry per position ({n_train}), got {groups.shape}")
+    keys = np.unique(groups)
+    rank = np.empty(len(keys), np.int64)
+    rank[rng.permutation(len(keys))] = np.arange(len(keys))
+    order = np.argsort(rank[np.searchsorted(keys, groups)], kind="stable").astype(np.int64)
+    span = chunk_batches * batch_size if chunk_batches > 0 else max(n_train, 1)
+    for s in range(0, n_train, span):
+        order[s : s + span] = order[s : s + span][rng.permutation(len(order[s : s + span]))]
+    return order
 
 
 def take_sizes(picks: list[int], sizes: list[int], budget: int) -> list[int]:

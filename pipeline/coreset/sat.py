@@ -102,6 +102,7 @@ def select_coreset_sat(
     spec: SelectionSpec,
     round_seed: int,
     device: torch.device | str | None = None,
+    groups: np.ndarray | None = None,
 ) -> SelectionResult:
     """One SAT-RCS round in this process.
 
@@ -116,4 +117,4 @@ def select_coreset_sat(
         model.to(device)
     return run_selection(model, fetch=fetch_batch, train_indices=train_indices,
                          val_images=val_images, spec=spec, round_seed=round_seed,
-                         scorer=SATScorer(spec))
+                         scorer=SATScorer(spec), groups=groups)

@@ -332,6 +332,9 @@ class ChunkResult:
     n_q_evals: int = 0  # validation RD gradients computed
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0  # CPU seconds of the scoring process (robust to a busy machine)
+    bytes_read: int = 0  # storage bytes its task read for it (Ray path; the driver reads the
+    # validation images once per round, not counted here)
+    peak_rss_bytes: int = 0  # peak RSS of the scoring process after this chunk (Ray path)
 
 
 @dataclass
@@ -368,6 +371,8 @@ class SelectionResult:
             "n_scored": sum(c.n_scored for c in self.chunks),
             "n_q_evals": sum(c.n_q_evals for c in self.chunks),
             "selection_time_s": self.wall_time_s,
+            "bytes_read": sum(c.bytes_read for c in self.chunks),  # Ray path: all tasks' reads
+            "max_task_peak_rss_bytes": max((c.peak_rss_bytes for c in self.chunks), default=0),
         }
 
 
@@ -484,13 +489,18 @@ def run_selection(
     spec: SelectionSpec,
     round_seed: int,
     scorer: Scorer,
+    groups: np.ndarray | None = None,
 ) -> SelectionResult:
-    """Serial round with any scorer (ACL: :func:`select_coreset`; SAT: ``sat.py``)."""
+    """Serial round with any scorer (ACL: :func:`select_coreset`; SAT: ``sat.py``).
+
+    ``groups``: shard of each training index (``pipeline.data.shards.shard_of``) for shard-dealt
+    chunks, as the Ray path plans them (``plan.py``); None = one global permutation.
+    """
     t0 = time.perf_counter()
     model = unwrap(model)
     train_indices = check_indices(train_indices)
     plan = plan_selection(len(train_indices), spec.fraction, spec.batch_size,
-                          spec.chunk_batches, round_seed)
+                          spec.chunk_batches, round_seed, groups=groups)
     x_val = prepare_val(val_images, model)
     results = [
         select_chunk(model, c, fetch=fetch, train_indices=train_indices, x_val=x_val, spec=spec,
@@ -509,6 +519,7 @@ def select_coreset(
     spec: SelectionSpec,
     round_seed: int,
     device: torch.device | str | None = None,
+    groups: np.ndarray | None = None,
 ) -> SelectionResult:
     """One ACL-RCS selection round in this process (spec §5).
 
@@ -521,6 +532,7 @@ def select_coreset(
         spec: ``SelectionSpec.from_config(cfg.rcs, cfg.attack, cfg.loss, strength=s)``.
         round_seed: seeds the shuffle and every chunk's RNG (e.g. hash of (seed, epoch)).
         device: moves the model there first if given (else the model's device is used).
+        groups: shard of each training index: shard-dealt chunks as in the Ray path (``plan.py``).
 
     Returns:
         ``SelectionResult`` with exactly round(k * N) sorted unique indices from train_indices.
@@ -529,4 +541,4 @@ def select_coreset(
         model.to(device)
     return run_selection(model, fetch=fetch_images, train_indices=train_indices,
                          val_images=val_images, spec=spec, round_seed=round_seed,
-                         scorer=ACLScorer(spec))
+                         scorer=ACLScorer(spec), groups=groups)

@@ -17,6 +17,7 @@ No Ray imports here: this module is core.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from pathlib import Path
@@ -297,6 +298,157 @@ def load_arrays(uri: Union[str, Manifest], *, indices: Optional[Sequence[int]] =
     return out_im, out_lab, want.copy()
 
 
+def shard_of(m: Manifest, indices: Sequence[int]) -> np.ndarray:
+    """(n,) int64 shard number holding each global index (pure; DataError if out of range)."""
+    want = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if want.size and (want.min() < 0 or want.max() >= m.count):
+        raise DataError(f"{m.base_uri}: index out of range 0..{m.count - 1} "
+                        f"(got {int(want.min())}..{int(want.max())})")
+    firsts = np.array([sh.first_index for sh in m.shards], dtype=np.int64)
+    return (np.searchsorted(firsts, want, side="right") - 1).astype(np.int64)
+
+
+class RowReader:
+    """Rows by global index, read one verified shard at a time: memory O(rows asked + one shard).
+
+    Unlike :func:`load_arrays` (which holds every touched shard's full arrays until the end),
+    each shard's table is dropped as soon as its requested rows are copied out, except the last
+    one read, which is kept so a following call that needs the same shard (the next chunk of an
+    RCS task, see ``pipeline.coreset.plan``) does not read it again. ``shards_read`` lists every
+    shard actually read, in order (bytes: ``pipeline.data.storage.READ_STATS``).
+    """
+
+    def __init__(self, uri: Union[str, Manifest], *, verify: bool = True,
+                 s3_endpoint: Optional[str] = None,
+                 storage_options: Optional[dict[str, Any]] = None) -> None:
+        self._kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+        self.manifest = _as_manifest(uri, **self._kw)
+        self.verify = verify
+        self.shards_read: list[int] = []
+        self._last: Optional[tuple[int, np.ndarray, np.ndarray]] = None
+
+    def _shard(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._last is not None and self._last[0] == k:
+            return self._last[1], self._last[2]
+        m, sh = self.manifest, self.manifest.shards[k]
+        self._last = None  # release the previous shard before reading the next
+        t = _read_shard_table(m, sh, verify=self.verify, **self._kw)
+        im = binary_to_images(t.column("image"), tuple(m.image_shape), m.shard_uri(sh))
+        lab = t.column("label").to_numpy()
+        self.shards_read.append(k)
+        self._last = (k, im, lab)
+        return im, lab
+
+    def read(self, indices: Sequence[int], *, last: Sequence[int] = ()
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """``(images uint8 (n,H,W,3), labels int64 (n,))`` of ``indices``, in their order.
+
+        Shards are visited in ascending order, the kept one first and those in ``last`` at the
+        end (so the kept shard is the one the next call wants).
+        """
+        m = self.manifest
+        want = np.asarray(indices, dtype=np.int64).reshape(-1)
+        where = shard_of(m, want)
+        ids = np.unique(where).tolist()
+        tail = [k for k in ids if k in set(last)]
+        head = [k for k in ids if k not in set(tail)]
+        if self._last is not None and self._last[0] in head:
+            head.remove(self._last[0])
+            head.insert(0, self._last[0])
+        out_im = np.empty((len(want), *m.image_shape), np.uint8)
+        out_lab = np.empty(len(want), np.int64)
+        for k in head + tail:
+            im, lab = self._shard(k)
+            sel = np.flatnonzero(where == k)
+            rows = want[sel] - m.shards[k].first_index
+            out_im[sel] = im[rows]
+            out_lab[sel] = lab[rows]
+        return out_im, out_lab
+
+    def release(self) -> None:
+        """Drop the kept shard."""
+        self._last = None
+
+
+def iter_shards(uri: Union[str, Manifest], *, order: Optional[Sequence[int]] = None,
+                verify: bool = True, s3_endpoint: Optional[str] = None,
+                storage_options: Optional[dict[str, Any]] = None,
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(images, labels, index)`` one verified shard at a time (``order``: shard ids)."""
+    kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+    m = _as_manifest(uri, **kw)
+    for k in (range(len(m.shards)) if order is None else order):
+        sh = m.shards[int(k)]
+        t = _read_shard_table(m, sh, verify=verify, **kw)
+        yield (binary_to_images(t.column("image"), tuple(m.image_shape), m.shard_uri(sh)),
+               t.column("label").to_numpy(),
+               np.arange(sh.first_index, sh.first_index + sh.rows, dtype=np.int64))
+
+
+def _stream_order(m: Manifest, seed: int, epoch: int, keep: Optional[np.ndarray]) -> np.ndarray:
+    """The per-epoch seeded shard order of :func:`stream_batches` (shards holding ``keep``)."""
+    ss = np.random.SeedSequence([int(seed) % 2**63, int(epoch), 0x57AE])
+    order = np.random.default_rng(ss).permutation(len(m.shards))
+    if keep is not None:
+        held = set(np.unique(shard_of(m, keep)).tolist())
+        order = np.array([k for k in order if k in held], dtype=np.int64)
+    return order
+
+
+def stream_rows_per_rank(uri: Union[str, Manifest], *, seed: int, epoch: int, world: int,
+                         indices: Optional[Sequence[int]] = None,
+                         s3_endpoint: Optional[str] = None) -> list[int]:
+    """Rows each rank's :func:`stream_batches` yields this epoch (so DDP ranks can agree on a
+    common number of steps without reading anything)."""
+    m = _as_manifest(uri, s3_endpoint=s3_endpoint)
+    keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+    per = (np.array([sh.rows for sh in m.shards]) if keep is None
+           else np.bincount(shard_of(m, keep), minlength=len(m.shards)))
+    order = _stream_order(m, seed, epoch, keep)
+    return [int(per[order[r::world]].sum()) for r in range(world)]
+
+
+def stream_batches(uri: Union[str, Manifest], batch_size: int, *, seed: int, epoch: int,
+                   indices: Optional[Sequence[int]] = None, rank: int = 0, world: int = 1,
+                   buffer_rows: int = 20_000, verify: bool = True,
+                   s3_endpoint: Optional[str] = None,
+                   storage_options: Optional[dict[str, Any]] = None,
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One epoch of ``(images uint8 (B,H,W,3), labels, index)`` batches in bounded memory.
+
+    Shards are read one at a time in a per-epoch seeded order (this rank takes every
+    ``world``-th shard of it), restricted to ``indices`` when given, and pass through a shuffle
+    buffer of at most ``buffer_rows`` rows + one shard, from which batches are drawn at random
+    (seeded by (seed, epoch, rank)). Memory does not grow with the dataset.
+    """
+    kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+    m = _as_manifest(uri, **kw)
+    if batch_size < 1 or buffer_rows < 1:
+        raise DataError("batch_size and buffer_rows must be >= 1")
+    keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+    order = _stream_order(m, seed, epoch, keep)
+    mine = order[rank::world].tolist()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, int(epoch), rank]))
+    shape = tuple(m.image_shape)
+    b_im = np.zeros((0, *shape), np.uint8)
+    b_lab = b_idx = np.zeros(0, np.int64)
+    for im, lab, idx in iter_shards(m, order=mine, verify=verify, **kw):
+        if keep is not None:
+            sel = np.flatnonzero(np.isin(idx, keep))
+            im, lab, idx = im[sel], lab[sel], idx[sel]
+        # buffer + this shard, shuffled once; batches leave from the front until the buffer
+        # is back to buffer_rows rows
+        p = rng.permutation(len(b_lab) + len(lab))
+        b_im = np.concatenate([b_im, im])[p]
+        b_lab, b_idx = np.concatenate([b_lab, lab])[p], np.concatenate([b_idx, idx])[p]
+        n_out = max(0, len(b_lab) - buffer_rows) // batch_size * batch_size
+        for s0 in range(0, n_out, batch_size):
+            yield b_im[s0:s0 + batch_size], b_lab[s0:s0 + batch_size], b_idx[s0:s0 + batch_size]
+        b_im, b_lab, b_idx = b_im[n_out:].copy(), b_lab[n_out:], b_idx[n_out:]
+    for s0 in range(0, len(b_lab), batch_size):
+        yield b_im[s0:s0 + batch_size], b_lab[s0:s0 + batch_size], b_idx[s0:s0 + batch_size]
+
+
 def split_by_index(source: Union[Manifest, int, np.ndarray, str], val_fraction: float,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic disjoint (train, val) split of global indices, both sorted int64.
@@ -447,3 +599,75 @@ def write_dataset(chunks: Iterable[tuple[np.ndarray, np.ndarray]], dest: str, *,
                  base_uri=dest if dest.startswith("s3://") else root.path)
     write_bytes_atomic(mloc, m.to_json().encode())
     return m
+
+
+SOURCE_INDEX_NAME = "source_index.npy"
+
+
+def write_subset(source: Union[str, Manifest], indices: Sequence[int], dest: str, *,
+                 shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+                 verify: bool = True, s3_endpoint: Optional[str] = None,
+                 storage_options: Optional[dict[str, Any]] = None) -> Manifest:
+    """Materialise the rows ``indices`` of ``source`` as their own sharded dataset at ``dest``.
+
+    Reads only the shards holding the indices, one at a time (memory: one source shard + one
+    output shard), and writes the same format (local or ``s3://``): rows in ascending global
+    index, re-numbered 0..n-1 (the format's contiguous ``index``), labels and classes kept;
+    ``source_index.npy`` (int64, row -> global index of ``source``, read back with
+    :func:`read_source_index`) before the manifest, which is written last. A coreset epoch
+    then reads ~n rows instead of filtering every shard of ``source``.
+
+    Where it plugs in (issue 12 item 2): ``pipeline/train/segments.py`` trains a segment with
+    ``read_dataset(cfg.data.manifest, indices=rows)`` where ``rows`` are the coreset indices,
+    i.e. every epoch reads all shards and filters. After ``_select``, write the coreset with
+    ``write_subset(manifest, idx, <run storage>/coresets/epoch-NNNN)`` and read that instead
+    (keep ``idx`` in the checkpoint for exact resume; rewrite the subset if it is missing;
+    delete superseded ones when the run finishes). Likewise write the validation split once
+    per run and pass it as ``select_coreset_ray(val_manifest_uri=...)``.
+    """
+    kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+    m = _as_manifest(source, **kw)
+    want = np.asarray(indices, dtype=np.int64).reshape(-1)
+    order = np.unique(want)
+    if len(order) != len(want):
+        raise DataError(f"{dest}: subset indices must be unique")
+    if not len(order):
+        raise DataError(f"{dest}: empty subset; nothing written")
+    where = shard_of(m, order)
+    root = resolve(dest, **kw)
+    mloc = root.child(MANIFEST_NAME)
+    stale: tuple[ShardInfo, ...] = ()
+    if exists(mloc):
+        if not overwrite:
+            raise DataError(f"{mloc.uri}: a complete dataset already exists here; "
+                            "pass overwrite=True to replace it")
+        try:
+            stale = read_manifest(dest, **kw).shards
+        except DataError:
+            stale = ()
+        delete(mloc)  # first: a crash below leaves nothing that looks complete
+    buf = io.BytesIO()
+    np.save(buf, order, allow_pickle=False)
+    write_bytes_atomic(root.child(SOURCE_INDEX_NAME), buf.getvalue())
+
+    def rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        ids = np.unique(where)
+        for im, lab, idx in iter_shards(m, order=ids.tolist(), verify=verify, **kw):
+            sel = order[(order >= idx[0]) & (order <= idx[-1])] - idx[0]
+            yield np.ascontiguousarray(im[sel]), lab[sel]
+
+    out = write_dataset(rows(), dest, dataset=m.dataset, split=f"{m.split}-subset",
+                        image_shape=m.image_shape, num_classes=m.num_classes,
+                        class_names=m.class_names, shard_size=shard_size, **kw)
+    for sh in stale[len(out.shards):]:
+        delete(root.child(sh.path))
+    return out
+
+
+def read_source_index(uri: str, *, s3_endpoint: Optional[str] = None,
+                      storage_options: Optional[dict[str, Any]] = None) -> np.ndarray:
+    """The global source indices of a :func:`write_subset` dataset (row order), int64."""
+    folder, _ = _split_manifest_uri(uri)
+    loc = resolve(folder, s3_endpoint=s3_endpoint, storage_options=storage_options)
+    raw = read_bytes(loc.child(SOURCE_INDEX_NAME))
+    return np.load(io.BytesIO(raw), allow_pickle=False).astype(np.int64)

@@ -149,8 +149,29 @@ def wrap_os_error(exc: BaseException, uri: str, action: str) -> DataError:
     return DataError(f"{uri}: cannot {action}: {msg}{hint}")
 
 
+@dataclass
+class ReadStats:
+    """Process-wide count of what :func:`read_bytes` returned (benchmarks reset and read it)."""
+
+    bytes: int = 0
+    files: int = 0
+
+    def reset(self) -> None:
+        self.bytes = self.files = 0
+
+
+READ_STATS = ReadStats()
+
+
 def read_bytes(loc: Location) -> bytes:
     """Read a whole file/object; DataError naming it when missing or unreadable."""
+    data = _read_bytes(loc)
+    READ_STATS.bytes += len(data)
+    READ_STATS.files += 1
+    return data
+
+
+def _read_bytes(loc: Location) -> bytes:
     try:
         info = loc.fs.get_file_info(loc.path)
         if info.type == pafs.FileType.NotFound:
@@ -213,3 +234,21 @@ def delete(loc: Location) -> None:
             loc.fs.delete_file(loc.path)
     except (OSError, ValueError) as e:
         raise wrap_os_error(e, loc.uri, "delete") from None
+
+
+def local_copy(uri: str, *, s3_endpoint: Optional[str] = None,
+               storage_options: Optional[dict[str, Any]] = None) -> str:
+    """A local path holding the file at ``uri``: ``uri`` itself when local, else a fresh copy of
+    the object (e.g. an ``s3://.../encoder.pt``) under the temp folder, written atomically."""
+    if not is_s3(uri):
+        return uri
+    import hashlib
+    import tempfile
+
+    data = read_bytes(resolve(uri, s3_endpoint=s3_endpoint, storage_options=storage_options))
+    folder = Path(tempfile.gettempdir(), "pipeline-fetch")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + posixpath.basename(uri)
+    dest = folder / name
+    write_bytes_atomic(resolve(str(dest)), data)
+    return str(dest)

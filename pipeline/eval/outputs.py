@@ -33,7 +33,13 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def checkpoint_id(path: str | Path, prefix: int = 12) -> dict[str, str]:
-    """{"path": absolute path, "sha256": first `prefix` hex digits} of a checkpoint file."""
+    """{"path": absolute path, "sha256": first `prefix` hex digits} of a checkpoint file
+    (an ``s3://`` URI is kept as is and hashed from its bytes)."""
+    if str(path).startswith("s3://"):
+        from pipeline.data.storage import read_bytes, resolve
+
+        data = read_bytes(resolve(str(path)))
+        return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()[:prefix]}
     p = Path(path)
     return {"path": str(p.resolve()), "sha256": file_sha256(p)[:prefix] if p.is_file() else ""}
 

@@ -97,6 +97,8 @@ class FinetuneDataConfig:
     num_classes: int = 0  # 0 = max(train label) + 1
     max_train: int = 0  # >0: first n training examples only (smoke runs)
     s3_endpoint: str = ""
+    stream_above: int = 200_000  # larger training sets are streamed shard by shard; 0 = always
+    shuffle_buffer: int = 20_000  # rows in the streaming shuffle buffer (+ one shard)
 
 
 @dataclass(frozen=True)

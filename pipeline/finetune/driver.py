@@ -42,8 +42,10 @@ def load_pretrained(path: str, model_cfg: ModelConfig) -> torch.nn.Module:
     Authors' files carry no architecture: ``model_cfg`` describes it. Their projection head is
     ignored (fine-tuning discards it, spec §1.4).
     """
+    from pipeline.data.storage import local_copy
     from pipeline.models import CheckpointError, build_from_config, load_authors_checkpoint, load_encoder
 
+    path = local_copy(path)  # s3://.../encoder.pt is fetched once per call
     try:
         model, _ = load_encoder(path)
         return model.eval()
@@ -59,7 +61,8 @@ def split_data(cfg: FinetuneConfig, log: Log = print) -> tuple[np.ndarray | None
     Without a test manifest the train manifest is split deterministically by index
     (split_by_index, cfg.data.test_fraction, cfg.data.split_seed) and a line says so.
     """
-    from pipeline.data.shards import load_arrays, split_by_index
+    from pipeline.data.shards import load_arrays, read_manifest, split_by_index
+    from pipeline.data.storage import DataError
 
     ep = cfg.data.s3_endpoint or None
     if cfg.data.test_manifest:
@@ -71,11 +74,11 @@ def split_data(cfg: FinetuneConfig, log: Log = print) -> tuple[np.ndarray | None
         log(f"no test manifest: split {cfg.data.train_manifest} by index into {len(train_idx)} train / "
             f"{len(test_idx)} test (test_fraction {cfg.data.test_fraction}, seed {cfg.data.split_seed})")
         xt, yt, _ = load_arrays(cfg.data.train_manifest, indices=test_idx, s3_endpoint=ep)
-    if cfg.data.num_classes:
-        n_cls = cfg.data.num_classes
-    else:
-        _, ytr, _ = load_arrays(cfg.data.train_manifest, indices=train_idx, s3_endpoint=ep)
-        n_cls = int(max(ytr.max(), yt.max())) + 1
+    # num_classes: the manifest holds it (no whole-training-set load just to learn it)
+    n_cls = cfg.data.num_classes or read_manifest(cfg.data.train_manifest, s3_endpoint=ep).num_classes
+    if n_cls < 1 or (len(yt) and int(yt.max()) >= n_cls):
+        raise DataError(f"{cfg.data.train_manifest}: num_classes {n_cls} does not cover the labels "
+                        f"(test labels up to {int(yt.max()) if len(yt) else -1}); set data.num_classes")
     return train_idx, xt, yt, n_cls
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -187,6 +187,55 @@ def run_epoch(
                 f"Loss: {loss.item():.6f} Total time: {time.perf_counter() - t0:.1f}")
     return {"loss": total / max(seen, 1), "steps": float(steps), "seen": float(seen),
             "seconds": time.perf_counter() - t0}
+
+
+def run_epoch_stream(
+    module: nn.Module,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    mode: str,
+    cfg: ModeConfig,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    device: torch.device | str,
+    steps: int,
+    seed: int = 1,
+    rank: int = 0,
+    padding: int = 4,
+    log_every: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """:func:`run_epoch` over streamed ``(uint8 (B,H,W,3), labels)`` numpy batches, so the
+    training set never has to fit in memory (``pipeline.data.shards.stream_batches``).
+
+    Exactly ``steps`` batches are used (every DDP rank passes the same number; the stream must
+    hold at least that many). Same loss, augmentation and optimiser step as ``run_epoch``; the
+    order differs (shard order + shuffle buffer instead of one global permutation).
+    """
+    model = unwrap(module)
+    model = model.model if isinstance(model, PairForward) else model
+    set_train_mode(model, mode)
+    dev = torch.device(device)
+    every = log_every or max(1, steps // 4)
+    g = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + epoch * 7919 + rank)
+    total, seen, t0, i = 0.0, 0, time.perf_counter(), 0
+    for i, (xb, yb) in enumerate(batches):
+        if i >= steps:
+            break
+        x = torch.from_numpy(np.ascontiguousarray(xb)).to(dev).permute(0, 3, 1, 2)
+        x = finetune_augment(x, padding=padding, generator=g)
+        y = torch.from_numpy(np.asarray(yb, dtype=np.int64)).to(dev)
+        loss = step_loss(module, x, y, mode, cfg, generator=g)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        seen += len(y)
+        if log is not None and ((i + 1) % every == 0 or i + 1 == steps):
+            log(f"{mode} Train Epoch: {epoch} [step {i + 1}/{steps}, {seen} images] "
+                f"Loss: {loss.item():.6f} Total time: {time.perf_counter() - t0:.1f}")
+    return {"loss": total / max(seen, 1), "steps": float(min(i + 1, steps) if seen else 0),
+            "seen": float(seen), "seconds": time.perf_counter() - t0}
 
 
 def finalize_for_eval(model: nn.Module, cfg: ModeConfig) -> nn.Module:

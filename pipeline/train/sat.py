@@ -33,6 +33,7 @@ from pipeline.config import (
     ModelConfig,
     OptimConfig,
     RCSConfig,
+    resolve_rcs_gpu,
     RunConfig,
     ScalingConfig,
     TrainConfig,
@@ -143,6 +144,7 @@ class SATConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        resolve_rcs_gpu(self)  # RCS tasks use the GPU when the trainer does, unless told
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if len(self.model.bn_names) != 1:

@@ -70,3 +70,46 @@ def test_aff_two_ddp_workers(ray_local, tmp_path):
     res = run_finetune(cfg, tmp_path / "out2", use_ray=True, log=lambda s: None)
     assert res[0]["mode"] == "AFF" and 0 <= res[0]["clean_acc"] <= 1
     assert res[0]["n_examples"] == 8
+
+
+def test_slf_streamed_local_mode_matches_plain_stream(ray_local, tmp_path):
+    """data.stream_above=0: the worker streams its epochs (bounded memory) instead of loading
+    the training set, and gives the classifier the same streamed batches give in-process."""
+    from pipeline.data.shards import load_arrays, stream_batches
+    from pipeline.eval.robust import evaluate_flags
+    from pipeline.finetune.driver import run_finetune
+    from pipeline.finetune.modes import (
+        build_finetune_model,
+        finalize_for_eval,
+        make_optimizer,
+        run_epoch_stream,
+        training_module,
+    )
+
+    enc = _setup(tmp_path)
+    base = _cfg(tmp_path, "SLF", 0)
+    from pipeline.finetune.config import load_finetune_config
+
+    cfg = load_finetune_config("jobs/configs/finetune_smoke.yaml", [
+        "--mode=SLF", f"--checkpoint={tmp_path / 'enc.pt'}",
+        f"--data.train_manifest={tmp_path / 'train'}", f"--data.test_manifest={tmp_path / 'test'}",
+        "--model.width=4", "--slf.batch_size=8", "--train.max_steps_per_epoch=2",
+        "--eval.batch_size=8", "--scaling.num_workers=0", "--data.stream_above=0",
+        "--data.shuffle_buffer=5", f"--run.storage_path={tmp_path / 'runs'}",
+    ])
+    assert cfg.slf == base.slf
+    res = run_finetune(cfg, tmp_path / "out", use_ray=True, log=lambda s: None)
+    torch.manual_seed(cfg.train.seed)
+    model = build_finetune_model(enc, "SLF", cfg.slf, 3)
+    module = training_module(model, "SLF", cfg.slf)
+    opt, sched = make_optimizer(model, cfg.slf)
+    for epoch in range(1, cfg.slf.epochs + 1):
+        batches = ((x, y) for x, y, _ in stream_batches(
+            str(tmp_path / "train"), 8, seed=cfg.train.seed, epoch=epoch, buffer_rows=5))
+        run_epoch_stream(module, batches, mode="SLF", cfg=cfg.slf, optimizer=opt, epoch=epoch,
+                         device="cpu", steps=2, seed=cfg.train.seed, padding=cfg.train.padding)
+        sched.step()
+    xt, yt, _ = load_arrays(str(tmp_path / "test"))
+    flags = evaluate_flags(finalize_for_eval(model, cfg.slf), xt, yt, cfg.eval)
+    assert res[0]["clean_acc"] == pytest.approx(flags["clean"].mean())
+    assert res[0]["pgd20_acc"] == pytest.approx(flags["pgd20"].mean())

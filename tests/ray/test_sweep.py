@@ -77,7 +77,9 @@ def test_validate_grid_rejects_bad_keys_and_values():
 
 
 def test_max_concurrent_trials_from_cluster_resources():
-    gpu = _base("--scaling.use_gpu=true", "--scaling.num_workers=4")
+    # rcs.use_gpu follows scaling.use_gpu unless set (issue 12): the RCS slot then holds a GPU too
+    assert resources_per_trial(_base("--scaling.use_gpu=true", "--scaling.num_workers=4"))["GPU"] == 5
+    gpu = _base("--scaling.use_gpu=true", "--scaling.num_workers=4", "--rcs.use_gpu=false")
     assert resources_per_trial(gpu)["GPU"] == 4
     assert max_concurrent_trials({"CPU": 64, "GPU": 8}, gpu) == 2  # 8 GPUs // 4 per trial
     assert max_concurrent_trials({"CPU": 64, "GPU": 2}, gpu) == 1  # at least 1

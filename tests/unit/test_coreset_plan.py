@@ -117,3 +117,37 @@ def test_take_sizes() -> None:
     assert take_sizes([3, 0, 1], sizes, 7) == [2, 4, 1]  # a small minibatch needs an extra pick
     assert take_sizes([2, 0], sizes, 3) == [3]
     assert take_sizes([1], sizes, 0) == []
+
+
+@pytest.mark.parametrize("n,b,c,gsize", [(1000, 16, 4, 37), (1000, 16, 2, 100), (500, 8, 0, 50),
+                                         (333, 10, 3, 7)])
+def test_grouped_plan_deals_whole_groups_to_chunks(n: int, b: int, c: int, gsize: int) -> None:
+    groups = np.arange(n) // gsize  # e.g. the shard of every position
+    plan = plan_selection(n, 0.2, b, c, seed=3, groups=groups)
+    allpos = np.concatenate([bt for ch in plan.chunks for bt in ch.batches])
+    assert np.array_equal(np.sort(allpos), np.arange(n))
+    ref = plan_selection(n, 0.2, b, c, seed=3)  # same chunk sizes, batch sizes and budgets
+    assert [ch.sizes for ch in plan.chunks] == [ch.sizes for ch in ref.chunks]
+    assert [ch.budget for ch in plan.chunks] == [ch.budget for ch in ref.chunks]
+    sets = [set(groups[np.concatenate(ch.batches)].tolist()) for ch in plan.chunks]
+    # a group lies in consecutive chunks only, so the chunks touch n_groups + boundaries
+    for g in set(groups.tolist()):
+        where = [i for i, s in enumerate(sets) if g in s]
+        assert where == list(range(where[0], where[-1] + 1))
+    assert sum(len(s) for s in sets) <= len(set(groups.tolist())) + len(sets) - 1
+    # minibatches are shuffled within the chunk, not cut in index order
+    first = plan.chunks[0].batches[0]
+    assert not np.array_equal(first, np.sort(first))
+
+
+def test_grouped_plan_depends_on_seed_and_reshuffles_groups() -> None:
+    groups = np.arange(2000) // 100
+    a = plan_selection(2000, 0.1, 16, 5, seed=1, groups=groups)
+    b = plan_selection(2000, 0.1, 16, 5, seed=1, groups=groups)
+    c = plan_selection(2000, 0.1, 16, 5, seed=2, groups=groups)
+    flat = lambda p: np.concatenate([bt for ch in p.chunks for bt in ch.batches])  # noqa: E731
+    assert np.array_equal(flat(a), flat(b))
+    firsts = lambda p: set(groups[np.concatenate(p.chunks[0].batches)].tolist())  # noqa: E731
+    assert firsts(a) != firsts(c)
+    with pytest.raises(ValueError, match="one entry per position"):
+        plan_selection(10, 0.5, 4, 1, seed=0, groups=np.zeros(9, np.int64))

@@ -188,3 +188,35 @@ def test_preset_under_yaml_and_overrides(tmp_path):
     casc = load_finetune_config(y, ["--preset_cascade=true"])
     assert (casc.alf.epochs, casc.aff.epochs) == (5, 5)
     assert isinstance(FinetuneConfig().eval.pgd, AttackConfig)
+
+
+@pytest.mark.parametrize("mode,cfg", [
+    ("SLF", SLFConfig(epochs=1, batch_size=8, lr=0.1)),
+    ("AFF", AFFConfig(epochs=1, batch_size=8, lr=0.05, attack=FAST)),
+])
+def test_streamed_epoch_equals_in_memory_epoch_on_the_same_batches(mode, cfg):
+    """run_epoch_stream is run_epoch with batches from outside: same batches -> same weights."""
+    from pipeline.finetune.modes import epoch_order, run_epoch, run_epoch_stream, training_module
+
+    x, y = _data(20)  # 8 + 8 + 4: a partial last batch too
+    outs = []
+    for streamed in (False, True):
+        torch.manual_seed(3)
+        model = build_finetune_model(_encoder(), mode, cfg, num_classes=3)
+        module = training_module(model, mode, cfg)
+        opt, _ = make_optimizer(model, cfg)
+        if streamed:
+            order = epoch_order(len(x), 1, 5)
+            batches = [(x[order[i:i + 8]], y[order[i:i + 8]]) for i in range(0, len(x), 8)]
+            r = run_epoch_stream(module, iter(batches), mode=mode, cfg=cfg, optimizer=opt,
+                                 epoch=1, device="cpu", steps=3, seed=5)
+        else:
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            r = run_epoch(module, xt, torch.from_numpy(y), mode=mode, cfg=cfg, optimizer=opt,
+                          epoch=1, seed=5)
+        outs.append((r, _snapshot(model)))
+    (ra, sa), (rb, sb) = outs
+    assert rb["steps"] == ra["steps"] == 3 and rb["seen"] == ra["seen"] == 20
+    assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-6)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-6)
