@@ -17,7 +17,7 @@ step benchmark runs on a GPU box without Ray). Each benchmark prints a table and
     python -m jobs.benchmark attack-scope --batch 128 --workers 1,2,4,8
     # data-plane cost at ImageNet-32 size (RCS tasks, coreset epoch, fine-tuning loader)
     python -m jobs.benchmark scale --images 20000 --shard-size 154 --chunk-batches 8
-    python -m jobs.benchmark scale        # 1,281,167 images, cached under /work/scale-cache
+    python -m jobs.benchmark scale        # 1,281,167 images, cached under ~/.cache/robust-pretrain/scale (or $SCALE_CACHE / --cache)
 
 Exit status: 0 on success, 2 for an unknown or unavailable benchmark, 1 when the benchmark
 reports a failed parity check (``result["parity"]["ok"] is False``).

@@ -52,7 +52,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=FULL)
     p.add_argument("--shard-size", type=int, default=SHARD)
-    p.add_argument("--cache", default=os.environ.get("SCALE_CACHE", "/work/scale-cache"),
+    p.add_argument("--cache", default=os.environ.get("SCALE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "robust-pretrain", "scale")),
                    help="where the generated datasets are kept (reused across runs)")
     p.add_argument("--fraction", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=512)
