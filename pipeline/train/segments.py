@@ -12,8 +12,17 @@ Every fit uses the same ``RunConfig(name, storage_path)``, so Ray Train hands ea
 group the newest checkpoint of the run (and restarts a failed group from it, up to
 ``scaling.max_failures`` times). Between fits the training workers are gone, so the selection
 tasks get every GPU of the cluster. ``progress.json`` (epoch reached, newest checkpoint, coreset
-file, selections, fits, times) lets a re-run of the same job continue where it stopped; a run
-whose ``summary.json`` says finished is never touched again.
+file, selections, fits, times) lets a re-run of the same job continue where it stopped; when the
+run folder holds a newer complete checkpoint than progress.json names (a driver killed mid-fit,
+e.g. in local mode), the run continues from that one. A run whose ``summary.json`` says finished
+is never touched again.
+
+Reliability around it: one driver per run (``pipeline.train.lease.RunLease``: ``driver.lease``,
+refused at once while another live driver holds it); wall time / worker-hours summed over every
+driver session (``sessions/*.json``, refreshed by the lease heartbeat, so killed sessions count);
+a non-finite loss stops the run after the fit it happened in (the worker writes
+``nonfinite.json``; Ray Train's Result does not carry an uncheckpointed report), and a fit that
+returns short of its last epoch without an error stops the run instead of being started again.
 
 What differs between pre-training and SAT is a ``RunSpec``: the worker loop, how to build the
 model, the selection kind and spec, and extra summary fields.
@@ -39,10 +48,14 @@ from ray.train.torch import TorchTrainer
 from pipeline.config import dump_yaml, to_dict
 from pipeline.data.ray_datasets import read_dataset
 from pipeline.data.shards import Manifest, read_manifest, split_by_index
-from pipeline.data.storage import exists, join_uri, read_bytes, resolve, write_bytes_atomic
+from pipeline.data.storage import delete, exists, join_uri, read_bytes, resolve, write_bytes_atomic
 from pipeline.errors import UserError
 from pipeline.models import save_encoder
-from pipeline.train.checkpoint import TrainState, load_state
+from pipeline.train.checkpoint import STATE_FILE, TrainState, UnreadableCheckpoint, load_state
+from pipeline.train.lease import RunLease, run_time_totals
+
+
+NONFINITE_FILE = "nonfinite.json"  # written by rank 0 when the NaN guard stops a fit
 
 
 class RunFinishedError(UserError, RuntimeError):
@@ -80,18 +93,63 @@ def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:
     return list(range(warmup + 1, epochs + 1, interval))
 
 
-def ensure_ray(address: str = "") -> None:
-    """Connect to RAY_ADDRESS / ``address`` if given (ray job submit sets it), else start locally."""
-    if ray.is_initialized():
-        return
-    addr = address or os.environ.get("RAY_ADDRESS") or None
+def ray_init_plan(address: str, env_address: str, local_head: str | None) -> tuple[str, str | None]:
+    """How ``ensure_ray`` gets a Ray: ("connect", address) or ("start", None).
+
+    An explicit ``run.ray_address`` wins, then ``$RAY_ADDRESS`` (``ray job submit`` sets it); then a
+    head started with ``ray start`` on this machine (what ``ray.init()`` itself would pick, and
+    what a user who ran ``cluster/local_up.sh`` expects); else a private local Ray.
+    ``run.ray_address=local`` always starts a private one.
+    """
+    addr = address or env_address
+    if addr == "local":
+        return "start", None
     if addr:
-        ray.init(address=addr, log_to_driver=True)
-    else:
+        return "connect", addr
+    if local_head:
+        return "connect", local_head
+    return "start", None
+
+
+def _local_head_address() -> str | None:
+    """The address ``ray start`` recorded on this machine (``/tmp/ray/ray_current_cluster``), if any."""
+    try:
+        from ray._private.services import find_bootstrap_address  # what ray.init() itself consults
+
+        return find_bootstrap_address(None) or None
+    except Exception:  # private API moved: behave as if no head were running
+        return None
+
+
+def ensure_ray(address: str = "") -> str:
+    """Connect to ``address`` / $RAY_ADDRESS / a local ``ray start`` head, else start a private Ray.
+
+    Prints which one happened and returns "connected" or "started".
+    """
+    if ray.is_initialized():
+        return "connected"
+    how, addr = ray_init_plan(address, os.environ.get("RAY_ADDRESS", ""), _local_head_address())
+    if how == "connect":
+        try:
+            ray.init(address=addr, log_to_driver=True)
+            print(f"[ray] connected to the running Ray at {addr} (run.ray_address=local starts a private one)",
+                  flush=True)
+            how = "connected"
+        except ConnectionError as e:
+            if address or os.environ.get("RAY_ADDRESS"):
+                raise ConnectionError(f"cannot reach the Ray at {addr} (run.ray_address / RAY_ADDRESS): {e}") from None
+            print(f"[ray] the head recorded at {addr} is not reachable (stale ray start?): starting a private "
+                  f"local Ray", flush=True)
+            how = "start"
+    if how == "start":
         # 2-core laptops: ask for 4 logical CPUs so Ray Data tasks still schedule next to two
-        # training workers (stack-feasibility G1)
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+        # training workers (stack-feasibility G1). address="local": never attach to another Ray.
+        n = max(4, os.cpu_count() or 1)
+        ray.init(address="local", num_cpus=n, include_dashboard=False)
+        print(f"[ray] started a private local Ray ({n} logical CPUs)", flush=True)
+        how = "started"
     ray.data.DataContext.get_current().enable_progress_bars = False
+    return how
 
 
 def abs_storage(path: str) -> str:
@@ -113,16 +171,35 @@ def latest_checkpoint(run_dir: str, endpoint: str | None) -> str | None:
     Read from storage rather than from ``Result.checkpoint`` because a fit that stops on a
     non-finite loss reports no checkpoint, and Ray Train's local mode reports none either.
     """
+    found = newest_complete_checkpoint(run_dir, endpoint)
+    return found[0] if found else None
+
+
+def _checkpoint_dirs(run_dir: str, endpoint: str | None) -> list[str]:
     loc = resolve(run_dir, s3_endpoint=endpoint)
     try:
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
     except OSError:
-        return None
-    names = sorted(i.base_name for i in infos
-                   if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
-    for name in reversed(names):
-        if exists(resolve(join_uri(run_dir, name, "state.pt"), s3_endpoint=endpoint)):
-            return join_uri(run_dir, name)
+        return []
+    return sorted(i.base_name for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+
+
+def newest_complete_checkpoint(run_dir: str, endpoint: str | None,
+                               log: Callable[[str], None] = print) -> tuple[str, TrainState] | None:
+    """(uri, state) of the newest checkpoint whose ``state.pt`` loads; a cut-short copy is skipped.
+
+    A checkpoint refused for safety (not weights_only-loadable) raises ``CheckpointError``.
+    """
+    for name in reversed(_checkpoint_dirs(run_dir, endpoint)):
+        uri = join_uri(run_dir, name)
+        if not exists(resolve(join_uri(uri, STATE_FILE), s3_endpoint=endpoint)):
+            continue
+        try:
+            with ray.train.Checkpoint(uri).as_directory() as d:
+                return uri, load_state(d)
+        except UnreadableCheckpoint as e:
+            log(f"skipping incomplete checkpoint {uri}: {e}")
     return None
 
 
@@ -186,8 +263,41 @@ class SegmentedRun:
 
     # -- one run -------------------------------------------------------------------------------
     def run(self, *, stop_after: int | None = None, callbacks: list[Any] | None = None) -> RunResult | None:
+        # One driver per run: the lease is taken before anything is started or written, and
+        # released on every exit (finished, stopped, failed, Ctrl-C).
+        self.lease = RunLease(self.run_dir, self.endpoint, log=self.log)
+        self.lease.acquire()
+        try:
+            ensure_ray(self.cfg.run.ray_address)
+            self.lease.restart_clock()  # the run's wall time starts once Ray is up
+            return self._run(stop_after, callbacks)
+        finally:
+            self.lease.release()
+
+    def _resume_point(self, progress: dict) -> None:
+        """Move ``progress`` to the newest complete checkpoint when it is ahead of progress.json.
+
+        progress.json is written when a fit returns; a driver killed mid-fit (local mode, or a
+        crashed head) leaves newer checkpoints behind, and continuing from progress.json would
+        train those epochs again and overwrite their folders.
+        """
+        found = newest_complete_checkpoint(self.run_dir, self.endpoint, log=self.log)
+        if found is None or found[1].epoch <= progress["epoch"]:
+            return
+        uri, st = found
+        self.log(f"resuming from {uri} (epoch {st.epoch}; progress.json said epoch {progress['epoch']})")
+        progress["checkpoint"], progress["epoch"] = uri, st.epoch
+        write_metrics(self.run_dir, st.history, progress, self.endpoint)
+
+    def _times(self, progress: dict) -> None:
+        tot = run_time_totals(self.run_dir, self.endpoint, self.lease.session())
+        progress["wall_time_s"], progress["train_time_s"] = tot["wall_s"], tot["fit_s"]
+        progress["selection_time_s"] = tot["selection_s"]
+        progress["worker_hours"] = (tot["worker_s"] + tot["selection_task_s"]) / 3600
+        progress["sessions"] = int(tot["sessions"])
+
+    def _run(self, stop_after: int | None, callbacks: list[Any] | None) -> RunResult | None:
         cfg = self.cfg
-        ensure_ray(cfg.run.ray_address)
         self._check_and_record_config()
         manifest = read_manifest(cfg.data.manifest, s3_endpoint=self.endpoint)
         train_idx, val_idx = self._split(manifest)
@@ -196,54 +306,66 @@ class SegmentedRun:
             "epoch": 0, "checkpoint": None, "coreset_file": None, "selections": [], "fits": [],
             "wall_time_s": 0.0, "train_time_s": 0.0, "selection_time_s": 0.0,
         }
-        t_start = time.perf_counter() - progress["wall_time_s"]
+        self._resume_point(progress)
         E = cfg.train.epochs
         sel_epochs = selection_epochs(E, cfg.rcs.warmup_epochs, cfg.rcs.interval) if cfg.rcs.enabled else []
+        nan_loc = resolve(self._uri(NONFINITE_FILE), s3_endpoint=self.endpoint)
+        workers = max(cfg.scaling.num_workers, 1)
 
         while progress["epoch"] < E:
             e_next = progress["epoch"] + 1
             coreset = self._load_coreset(progress)
             if e_next in sel_epochs and not any(s["epoch"] == e_next for s in progress["selections"]):
+                self.lease.start("selection", cfg.rcs.num_tasks or 1)
                 coreset, sel = self._select(manifest, progress["checkpoint"], train_idx, val_idx, e_next)
+                self.lease.end()
                 cs_uri = self._uri("coresets", f"epoch_{e_next:05d}.npy")
                 buf = io.BytesIO()
                 np.save(buf, coreset)
                 write_bytes_atomic(resolve(cs_uri, s3_endpoint=self.endpoint), buf.getvalue())
                 progress["coreset_file"] = cs_uri
                 progress["selections"].append(sel)
-                progress["selection_time_s"] += sel["time_s"]
+                self._times(progress)
                 write_json(progress_uri, progress, self.endpoint)
             later = [e for e in sel_epochs if e > e_next]
             stop = min(later[0] - 1, E) if later else E
             if stop_after is not None and stop_after >= e_next:
                 stop = min(stop, stop_after)
             rows = coreset if coreset is not None else train_idx
-            t_fit = time.perf_counter()
+            delete(nan_loc)  # a marker from an earlier failed attempt is not this fit's
+            self.lease.start("fit", workers)
             result = self._fit(manifest, rows, coreset, stop, progress["checkpoint"], callbacks)
-            fit_s = time.perf_counter() - t_fit
+            fit_s = self.lease.end()
             progress["fits"].append({"from_epoch": e_next, "to_epoch": stop, "time_s": fit_s,
-                                     "workers": max(cfg.scaling.num_workers, 1), "rows": int(len(rows))})
-            progress["train_time_s"] += fit_s
-            if result.error is not None:
-                raise TrainingFailed(f"training failed in epochs {e_next}..{stop}: {result.error}") from result.error
-            newest = latest_checkpoint(self.run_dir, self.endpoint)
-            if newest is not None and newest != progress["checkpoint"]:
-                progress["checkpoint"] = newest
-                with ray.train.Checkpoint(newest).as_directory() as d:
-                    st = load_state(d)
-                progress["epoch"] = st.epoch
-                write_metrics(self.run_dir, st.history, progress, self.endpoint)
-            progress["wall_time_s"] = time.perf_counter() - t_start
+                                     "workers": workers, "rows": int(len(rows))})
+            found = newest_complete_checkpoint(self.run_dir, self.endpoint, log=self.log)
+            if found is not None and found[0] != progress["checkpoint"]:
+                progress["checkpoint"], progress["epoch"] = found[0], found[1].epoch
+                write_metrics(self.run_dir, found[1].history, progress, self.endpoint)
+            self._times(progress)
             write_json(progress_uri, progress, self.endpoint)
-            if (result.metrics or {}).get("status") == "nonfinite":
+            # The worker's marker, not Result.metrics: Ray Train's Result only carries the metrics
+            # of the last *checkpointed* report, so a worker-mode NaN stop is invisible there.
+            bad = read_json(self._uri(NONFINITE_FILE), self.endpoint)
+            if bad is None and (result.metrics or {}).get("status") == "nonfinite":
+                bad = result.metrics
+            if bad is not None:
                 raise TrainingFailed(
-                    f"non-finite loss in epoch {result.metrics.get('epoch')}: training stopped; the last good "
+                    f"non-finite loss in epoch {bad.get('epoch')}: training stopped; the last good "
                     f"checkpoint is {progress['checkpoint']} (epoch {progress['epoch']}). Lower optim.lr or "
                     f"check the data.")
+            if result.error is not None:
+                raise TrainingFailed(f"training failed in epochs {e_next}..{stop}: {result.error}") from result.error
+            if progress["epoch"] < stop:
+                # never start the same fit again and again: a fit that returns without reaching its
+                # last epoch (and without an error) would do the same next time
+                raise TrainingFailed(
+                    f"the fit of epochs {e_next}..{stop} returned at epoch {progress['epoch']} without an error "
+                    f"or a checkpoint of epoch {stop}; stopping (last checkpoint {progress['checkpoint']})")
             if stop_after is not None and stop_after <= progress["epoch"] < E:
                 self.log(f"stopped after epoch {progress['epoch']} (continue by re-running)")
                 return None
-        return self._finish(manifest, progress, time.perf_counter() - t_start)
+        return self._finish(manifest, progress)
 
     def _load_coreset(self, progress: dict) -> np.ndarray | None:
         if not progress.get("coreset_file"):
@@ -304,6 +426,7 @@ class SegmentedRun:
                 "stop_epoch": stop, "n_rows": int(len(rows)), "resume_path": resume_path,
                 "coreset": None if coreset is None else coreset.tolist(),
                 "marker_dir": self.run_dir if local else None,
+                "run_dir": self.run_dir, "nonfinite_file": NONFINITE_FILE,
                 "local_dir": self.run_dir if workers == 0 else None,
                 **self.spec.segment_extra(manifest),
             }},
@@ -321,7 +444,7 @@ class SegmentedRun:
         except Exception as e:  # Ray raises TrainingFailedError after max_failures
             return ray.train.Result(metrics=None, checkpoint=None, error=e, path=self.run_dir)  # type: ignore[call-arg]
 
-    def _finish(self, manifest: Manifest, progress: dict, wall: float) -> RunResult:
+    def _finish(self, manifest: Manifest, progress: dict) -> RunResult:
         cfg = self.cfg
         net = self.model_from_checkpoint(manifest, progress["checkpoint"])
         with ray.train.Checkpoint(progress["checkpoint"]).as_directory() as d:
@@ -337,8 +460,9 @@ class SegmentedRun:
         else:
             save_encoder(enc_uri, net, meta)
         workers = max(cfg.scaling.num_workers, 1)
-        worker_hours = sum(f["time_s"] * f["workers"] for f in progress["fits"]) / 3600
-        worker_hours += progress["selection_time_s"] * (cfg.rcs.num_tasks or 1) / 3600
+        # every driver session of the run, interrupted ones included (see pipeline.train.lease)
+        self._times(progress)
+        wall, worker_hours = progress["wall_time_s"], progress["worker_hours"]
         gpu_type = torch.cuda.get_device_name(0) if cfg.scaling.use_gpu and torch.cuda.is_available() else None
         summary = {
             "run_name": self.name, "mode": self.spec.mode, "status": "finished", "epochs": st.epoch,
@@ -351,7 +475,7 @@ class SegmentedRun:
             "rcs": {"enabled": cfg.rcs.enabled, "fraction": cfg.rcs.fraction,
                     "warmup_epochs": cfg.rcs.warmup_epochs, "interval": cfg.rcs.interval,
                     "selections": progress["selections"]},
-            "encoder": "encoder.pt", "checkpoint": progress["checkpoint"],
+            "encoder": "encoder.pt", "checkpoint": progress["checkpoint"], "sessions": progress["sessions"],
             **self.spec.summary_extra(manifest, st),
         }
         write_json(self._uri("summary.json"), summary, self.endpoint)  # last: marks the run complete

@@ -16,6 +16,7 @@ the test hooks ``train.fail_at`` / ``train.audit_shards``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -31,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import to_dict
+from pipeline.data.storage import join_uri, resolve, write_bytes_atomic
 from pipeline.train.checkpoint import TrainState, capture_rng, load_state, restore_rng, save_state
 from pipeline.train.optim import lr_at, set_lr
 
@@ -196,11 +198,22 @@ class SegmentWorker:
             if nonfinite:
                 metrics.update(status="nonfinite", loss=float("nan"))
                 self.log(f"non-finite loss at epoch {epoch} step {i}: stopping; the last good checkpoint is kept")
+                self._mark_nonfinite(epoch, i)
                 ray.train.report(metrics)  # [4] no checkpoint: the last good one stays the newest
                 return
             self.history.append(metrics)
             self.log(describe(metrics))
             self._checkpoint_and_report(epoch, metrics, net, optimizer, state_extra or {})
+
+    def _mark_nonfinite(self, epoch: int, step: int) -> None:
+        """Tell the driver through the run's storage: Ray Train's Result only carries the metrics of
+        the last checkpointed report, and raising instead would be retried (FailureConfig) although
+        the same NaN comes back. Every rank returns normally; the fit ends; the driver stops."""
+        if self.rank != 0 or not self.seg.get("run_dir"):
+            return
+        uri = join_uri(self.seg["run_dir"], self.seg.get("nonfinite_file", "nonfinite.json"))
+        rec = {"epoch": epoch, "step": step, "status": "nonfinite", "time": time.time()}
+        write_bytes_atomic(resolve(uri, s3_endpoint=self.cfg.data.s3_endpoint or None), json.dumps(rec).encode())
 
     def _checkpoint_and_report(self, epoch: int, metrics: dict[str, Any], net: torch.nn.Module,
                                optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
