@@ -57,8 +57,7 @@ def load(name: str, package: str = PACKAGE) -> Any:
     return module
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
@@ -74,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: parity check failed (see the JSON output)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs._cli import run_job
+
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

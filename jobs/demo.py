@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from jobs._cli import check_persistent, run_job
 from pipeline.config import PretrainConfig, atomic_write_text, load_config
 
 ROOT = Path(__file__).resolve().parent
@@ -77,14 +78,20 @@ def finetune(run_dir: str, train: str, test: str, small: bool) -> None:
         run_finetune(cfg, out, use_ray=True, log=lambda s, m=mode: print(f"[demo] {m}: {s}", flush=True))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument("--small", action="store_true", help="tiny settings (CI end-to-end test)")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers; 0 (default) = Train local mode, in-process: no worker-group start per fit on a laptop")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
+    args = p.parse_args(argv)
+    check_persistent("--out", args.out)
+    if args.num_workers < 0:
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"--num-workers must be >= 0 (0 = local mode), got {args.num_workers}")
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -120,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     rc = report_main([str(sweep_dir), "--gpu-type", "H100"])
     print(f"[demo] done in {time.perf_counter() - t0:.0f}s; open {sweep_dir / 'report' / 'report.html'}", flush=True)
     return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

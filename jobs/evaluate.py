@@ -23,14 +23,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import ConfigError, ModelConfig, apply_overrides, from_dict, to_dict
+from jobs._cli import check_persistent, reject_unknown, run_job
+from pipeline.config import ConfigError, ModelConfig, apply_overrides, check_uri, from_dict, to_dict
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.data.shards import load_arrays
-    from pipeline.eval.robust import EvalConfig
-    from pipeline.finetune.driver import run_evaluate
-
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", required=True, help="test split manifest URI")
@@ -41,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-examples", type=int, default=0)
     p.add_argument("--bn-name", default="pgd", help="branch for a dual-BN checkpoint")
     p.add_argument("--out", required=True)
-    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
+    args, rest = p.parse_known_args(argv)
+    reject_unknown(rest, "jobs.evaluate", ("eval", "model"))  # a typo never evaluates at defaults
+    check_persistent("--out", args.out)
+    check_uri("--dataset", args.dataset, allow_empty=False)
+    from pipeline.eval.robust import EvalConfig
 
     attacks, aa = [], "standard"
     for a in [s.strip() for s in args.attacks.split(",") if s.strip()]:
@@ -53,19 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     base = {"attacks": attacks, "aa_version": aa, "corruptions": args.corruptions,
             "num_tasks": args.num_tasks, "use_gpu": args.use_gpu, "n_examples": args.n_examples}
     try:
-        data = apply_overrides({"eval": base, "model": {}},
-                               [r for r in rest if r.startswith(("--eval.", "--model."))])
+        data = apply_overrides({"eval": base, "model": {}}, rest)
         ecfg = from_dict(EvalConfig, data["eval"])
         mcfg = from_dict(ModelConfig, data["model"])
-    except (ConfigError, ValueError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # name the flag: "--eval.pgd.eps=x: pgd.eps: expected a number"
+        flags = [r for r in rest if r[2:].split("=", 1)[0].split(".", 1)[1] in str(e)]
+        raise ConfigError(f"{flags[-1]}: {e}" if flags else str(e)) from None
+    from pipeline.data.shards import load_arrays  # heavy imports after argument checks
+    from pipeline.finetune.driver import run_evaluate
+
     print(f"eval config: {to_dict(ecfg)}", flush=True)
     x, y, _ = load_arrays(args.dataset)
     run_evaluate(args.checkpoint, x, y, ecfg, args.out, model_cfg=mcfg, bn_name=args.bn_name,
                  use_ray=args.num_tasks > 0)
     print(f"wrote {args.out}/results.json", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

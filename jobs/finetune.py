@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import ConfigError
+from jobs._cli import check_persistent, run_job
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -42,14 +42,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--no-ray", action="store_true", help="train in this process without Ray")
     p.add_argument("--out", required=True)
+    p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return p.parse_known_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     from pipeline.finetune.config import load_finetune_config
-    from pipeline.finetune.driver import run_finetune
 
-    args, rest = parse(sys.argv[1:] if argv is None else argv)
+    args, rest = parse(argv)
+    check_persistent("--out", args.out)
     ov = [f"--checkpoint={args.checkpoint}", f"--data.train_manifest={args.dataset}",
           f"--data.test_manifest={args.test_dataset}"]
     if args.mode:
@@ -62,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         ov.append(f"--scaling.num_workers={args.num_workers}")
     if args.use_gpu:
         ov += ["--scaling.use_gpu=true", "--eval.use_gpu=true"]
-    try:
-        cfg = load_finetune_config(args.config, ov + rest)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_finetune_config(args.config, ov + rest)  # rejects anything but --section.key=value
+    from pipeline.finetune.driver import run_finetune  # heavy imports after argument checks
+
     results = run_finetune(cfg, args.out, use_ray=not args.no_ray)
     print(f"wrote {args.out}/results.json ({len(results)} mode(s))", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import sys
 
-from jobs._cli import parse_training_job
-from pipeline.config import ConfigError, PretrainConfig
+from jobs._cli import check_persistent, parse_training_job, run_job
+from pipeline.config import PretrainConfig
 
 
 def parse(argv: list[str]) -> PretrainConfig:
@@ -29,18 +29,19 @@ def parse(argv: list[str]) -> PretrainConfig:
                               description=__doc__.split("\n")[0], config_help="YAML file (jobs/configs/*.yaml)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+def _main(argv: list[str]) -> int:
+    cfg = parse(argv)
+    check_persistent("--run.storage_path", cfg.run.storage_path)
     from pipeline.train.driver import run_pretrain  # heavy imports after argument checks
 
     res = run_pretrain(cfg)
     print(f"encoder: {res.encoder_path}")
     print(f"run dir: {res.run_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

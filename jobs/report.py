@@ -20,8 +20,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from pipeline.config import ConfigError
-from pipeline.report.collect import ReportError, collect
+from jobs._cli import run_job
+from pipeline.report.collect import collect
 from pipeline.report.cost import DEFAULT_MFU, DEFAULT_PRICES_PATH, load_prices
 from pipeline.report.render import render_report
 
@@ -36,19 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"])
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU of the FLOP model")
     p.add_argument("--out", default=None, help="output dir (default: <path>/report)")
+    p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        prices = None if args.no_prices else load_prices(args.prices)
-        c = collect(args.path, baseline=args.baseline, prices=prices)
-        paths = render_report(c, args.out, prices=prices, gpu_type=args.gpu_type,
-                              precision=args.precision, mfu=args.mfu)
-    except (ReportError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prices = None if args.no_prices else load_prices(args.prices)
+    c = collect(args.path, baseline=args.baseline, prices=prices)
+    paths = render_report(c, args.out, prices=prices, gpu_type=args.gpu_type,
+                          precision=args.precision, mfu=args.mfu)
     print(f"markdown: {paths.markdown}")
     print(f"html:     {paths.html}")
     for name, p in sorted(paths.figures.items()):
@@ -56,6 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(paths.summary_markdown)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

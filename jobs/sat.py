@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs._cli import parse_training_job
-from pipeline.config import ConfigError
+from jobs._cli import check_persistent, parse_training_job, run_job
 
 
 def parse(argv: list[str]):  # -> SATConfig (imported lazily: keep --help fast)
@@ -44,12 +43,9 @@ def parse(argv: list[str]):  # -> SATConfig (imported lazily: keep --help fast)
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+def _main(argv: list[str]) -> int:
+    cfg = parse(argv)
+    check_persistent("--run.storage_path", cfg.run.storage_path)
     from pipeline.train.sat_driver import run_sat  # heavy imports after argument checks
 
     res = run_sat(cfg)
@@ -59,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"epochs {s['epochs']}  train adv acc {s['final_train_adv_acc']}  "
           f"test clean acc {s['final_test_clean_acc']}  wall {s['wall_time_s']:.1f}s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

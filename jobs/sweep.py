@@ -41,6 +41,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from jobs._cli import check_persistent, run_job
 from pipeline.config import ConfigError
 
 
@@ -67,40 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-test-manifest", default="", help="downstream test set (default: split of train)")
     g.add_argument("--eval-use-ray", action="store_true", help="fine-tune with a TorchTrainer (else in-process)")
     p.add_argument("--dry-run", action="store_true", help="print the trials and their configs' keys; run nothing")
+    p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args, overrides = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+def _main(argv: list[str]) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
     from pipeline.tune.spaces import load_grid_file, parse_grid_args
     from pipeline.tune.sweep import EvalSettings, SweepOptions, load_base_config, plan_sweep
 
-    try:
-        bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
-        if bad:
-            raise ConfigError(f"unrecognised arguments {bad}; config overrides look like --section.key=value")
-        if args.num_workers is not None:
-            overrides.append(f"--scaling.num_workers={args.num_workers}")
-        if args.use_gpu:
-            overrides.append("--scaling.use_gpu=true")
-        base = load_base_config(args.config, overrides)
-        grid = load_grid_file(args.grid_file) if args.grid_file else {}
-        grid.update(parse_grid_args(args.grid))
-        options = SweepOptions(
-            name=args.name, grid=grid, baseline=not args.no_baseline, max_concurrent=args.max_concurrent,
-            trial_cpus=args.trial_cpus,
-            eval=EvalSettings(enabled=not args.no_eval, config=args.eval_config,
-                              overrides=tuple(f"--{o.removeprefix('--')}" for o in args.eval_set),
-                              train_manifest=args.eval_train_manifest, test_manifest=args.eval_test_manifest,
-                              use_ray=args.eval_use_ray),
-        )
-        name, specs = plan_sweep(base, options)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
+    if bad:
+        raise ConfigError(f"unrecognised arguments {bad}; config overrides look like --section.key=value")
+    if args.num_workers is not None:
+        overrides.append(f"--scaling.num_workers={args.num_workers}")
+    if args.use_gpu:
+        overrides.append("--scaling.use_gpu=true")
+    base = load_base_config(args.config, overrides)
+    grid = load_grid_file(args.grid_file) if args.grid_file else {}
+    grid.update(parse_grid_args(args.grid))
+    options = SweepOptions(
+        name=args.name, grid=grid, baseline=not args.no_baseline, max_concurrent=args.max_concurrent,
+        trial_cpus=args.trial_cpus,
+        eval=EvalSettings(enabled=not args.no_eval, config=args.eval_config,
+                          overrides=tuple(f"--{o.removeprefix('--')}" for o in args.eval_set),
+                          train_manifest=args.eval_train_manifest, test_manifest=args.eval_test_manifest,
+                          use_ray=args.eval_use_ray),
+    )
+    name, specs = plan_sweep(base, options)
     if not base.data.manifest:
-        print("config error: data.manifest is empty: pass --data.manifest=PATH_OR_S3_URI", file=sys.stderr)
-        return 2
+        raise ConfigError("data.manifest is empty: pass --data.manifest=PATH_OR_S3_URI")
+    check_persistent("--run.storage_path", base.run.storage_path)
     if options.eval.enabled and not options.eval.config:
         print("[sweep] eval: using jobs/configs/finetune_smoke.yaml (tiny: demo numbers only); "
               "pass --eval-config for real ones", flush=True)
@@ -123,6 +121,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"not finished: {', '.join(failed)} (details in sweep.json)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_job(_main, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 import types
 import typing
@@ -31,6 +32,43 @@ from pipeline.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-3`` and ``1e30`` as
+    strings because they lack a dot; here they are numbers, in files and in overrides alike."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the project's loader (YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+_SCHEMES = ("s3://",)
+
+
+def check_uri(key: str, value: str, *, allow_empty: bool = True) -> None:
+    """A storage URI is a local path or ``s3://bucket/...``; anything else names ``key``."""
+    if not value:
+        if allow_empty:
+            return
+        raise ConfigError(f"{key} is empty: pass a local path or an s3://bucket/prefix URI")
+    if "://" in value and not value.startswith(_SCHEMES):
+        scheme = value.split("://", 1)[0]
+        raise ConfigError(f"{key}: unsupported storage scheme '{scheme}://' in {value!r}; "
+                          f"use a local path or s3://bucket/prefix")
+    if value.startswith("s3://") and not value[5:].split("/", 1)[0]:
+        raise ConfigError(f"{key}: {value!r} names no bucket (s3://bucket/prefix)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,8 +109,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
         return _from_dict(tp, value, key)
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+        if isinstance(value, str):  # "--slf.milestones=15,20": items parsed like scalars (ints)
+            items = [v.strip() for v in value.split(",") if v.strip() != ""]
+            elem = args[0] if args and (len(args) == 1 or args[1] is Ellipsis) else None
+            value = items if elem is str else [_parse_scalar(v) for v in items]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # --x.milestones=3 means (3,)
         if not isinstance(value, (list, tuple)):
@@ -183,7 +223,7 @@ def to_dict(cfg: Any) -> dict:
 def _parse_scalar(text: str) -> Any:
     """Parse an override's right-hand side with YAML rules (``0.05`` -> float, ``true`` -> bool)."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -248,7 +288,7 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
@@ -257,7 +297,25 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise blame(e, path, overrides) from None
+
+
+def blame(err: ConfigError, path: Any, overrides: Any) -> ConfigError:
+    """The error prefixed with the flag that set the offending key, else with the YAML file.
+
+    ``--optim.lr=abc`` gives "--optim.lr=abc: optim.lr: expected a number, got 'abc'" (the value
+    came from the command line, not from the file).
+    """
+    msg = str(err)
+    flags = []
+    for raw in overrides:
+        item = raw[2:] if raw.startswith("--") else raw
+        key = item.split("=", 1)[0]
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
+            flags.append((len(key), raw if raw.startswith("--") else f"--{raw}"))
+    if flags:
+        return ConfigError(f"{max(flags)[1]}: {msg}")
+    return ConfigError(f"{path}: {msg}" if path else msg)
 
 
 def replace(cfg: Any, **changes: Any) -> Any:
@@ -309,6 +367,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_uri("data.manifest", self.manifest)
 
 
 @dataclass(frozen=True)
@@ -369,6 +428,14 @@ class OptimConfig:
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale lr by global batch / batch_ref
     batch_ref: int = 512
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:  # also rejects nan
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.final_lr < 0 or self.weight_decay < 0 or self.momentum < 0:
+            raise ConfigError("optim.final_lr, optim.weight_decay and optim.momentum must be >= 0")
+        if self.batch_ref < 1:
+            raise ConfigError(f"optim.batch_ref must be >= 1, got {self.batch_ref}")
+
 
 @dataclass(frozen=True)
 class RCSConfig:
@@ -416,13 +483,27 @@ class TrainConfig:
     fail_at: str = ""  # test hook "epoch:step:rank[:nan]": SIGKILL that worker once (or inject a NaN loss)
     audit_shards: bool = False  # record per-epoch overlap/union of the indices the ranks saw
 
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"train.checkpoint_every must be >= 1 (epochs), got {self.checkpoint_every}")
+        if self.log_every < 0 or self.max_steps_per_epoch < 0:
+            raise ConfigError("train.log_every and train.max_steps_per_epoch must be >= 0")
+
 
 @dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = 1  # 0 = Ray Train local mode (in-process)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    max_failures: int = 2
+    max_failures: int = 2  # -1 = retry forever (Ray Train's FailureConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"scaling.num_workers must be >= 0 (0 = local mode), got {self.num_workers}")
+        if self.max_failures < -1:
+            raise ConfigError(f"scaling.max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if not self.cpus_per_worker > 0:
+            raise ConfigError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
 
 
 @dataclass(frozen=True)
@@ -430,6 +511,9 @@ class RunConfig:
     name: str = ""  # "" = derived from the config hash (deterministic)
     storage_path: str = "runs"  # local folder or s3://bucket/prefix
     ray_address: str = ""  # "" = auto (RAY_ADDRESS, else a new local Ray)
+
+    def __post_init__(self) -> None:
+        check_uri("run.storage_path", self.storage_path, allow_empty=False)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ Paths (each skipped with a note when its dependency is missing):
 - ``torch_pil``: a torch ``DataLoader`` over in-memory arrays with the authors' per-image PIL
   augmentation (RandomResizedCrop(32, bicubic) + flip + RandomApply(ColorJitter) +
   RandomGrayscale + ToTensor), two views per image;
+- ``verify``: sha256 of every shard against the manifest (what a run does once per driver
+  before training), in-process and as parallel Ray tasks, next to one ``ray_local`` pass: the
+  cost of checksums once per run vs. (if it were done) every epoch;
 - ``two_views``: on-device batched augmentation ``pipeline.data.transforms.two_views``
   (CUDA if available, else CPU) over uint8 batches already in memory.
 
@@ -30,7 +33,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-PATHS = ("ray_local", "ray_s3", "ffcv", "torch_pil", "two_views")
+PATHS = ("ray_local", "ray_s3", "ffcv", "torch_pil", "two_views", "verify")
 
 
 def _time_iter(make_iter: Callable[[], Any], count_fn: Callable[[Any], int]) -> tuple[float, int]:
@@ -57,6 +60,29 @@ def _ray_path(uri: str, batch_size: int, passes: int, s3_endpoint: Optional[str]
     return {"images": n, "first_pass_s": round(times[0], 3), "seconds": round(times[-1], 3),
             "images_per_s": round(n / times[-1], 1),
             "first_pass_images_per_s": round(n / times[0], 1)}
+
+
+def _verify_path(uri: str) -> dict:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover
+        ray = None
+
+    from pipeline.data.ray_datasets import verify_shards
+
+    out: dict[str, Any] = {}
+    for mode, use_ray in (("in_process", False), ("ray_tasks", bool(ray and ray.is_initialized()))):
+        if mode == "ray_tasks" and not use_ray:
+            continue
+        verify_shards(uri, use_ray=use_ray, cache=False)  # warm-up (page cache, task workers)
+        r = verify_shards(uri, use_ray=use_ray, cache=False)
+        out[mode] = {"seconds": round(r["seconds"], 4), "shards": r["shards"],
+                     "mb_per_s": round(r["bytes"] / 1e6 / max(r["seconds"], 1e-9), 1)}
+    best = min(v["seconds"] for v in out.values())
+    from pipeline.data.shards import read_manifest
+
+    n = read_manifest(uri).count
+    return {"images": n, "seconds": best, "images_per_s": round(n / max(best, 1e-9), 1), **out}
 
 
 def _torch_pil_path(images: np.ndarray, batch_size: int, workers: int) -> dict:
@@ -220,6 +246,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     results[p] = _torch_pil_path(images, args.batch_size, args.pil_workers)
                 elif p == "two_views":
                     results[p] = _two_views_path(images, args.batch_size)
+                elif p == "verify":
+                    results[p] = _verify_path(local)
+                    if "ray_local" in results and "seconds" in results["ray_local"]:
+                        results[p]["fraction_of_one_ray_local_pass"] = round(
+                            results[p]["seconds"] / results["ray_local"]["seconds"], 4)
         finally:
             if server is not None:
                 server.stop()
@@ -241,6 +272,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             note = f"first pass {r['first_pass_s']} s" if "first_pass_s" in r else ""
             if "device" in r:
                 note = f"device {r['device']}"
+            if "fraction_of_one_ray_local_pass" in r:
+                note = f"{r['fraction_of_one_ray_local_pass']:.1%} of one ray_local pass (once per run)"
             print(f"{name:<12} {r['images_per_s']:>12.1f} {r['seconds']:>9.3f}  {note}")
     if args.out:
         atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")

@@ -15,11 +15,19 @@ builds a lazily-read dataset whose order is randomised three ways, all seeded by
 Call it once per epoch (like the authors' per-epoch loader rebuild, spec §2.1); a consumer may
 add a *small* ``local_shuffle_buffer_size`` (about one batch) to mix neighbouring blocks.
 
+Checksums: ``verify_shards`` hashes every shard (sha256 of the file bytes, as the manifest
+records them) in parallel Ray tasks, once per driver process and shard version (size + mtime
+for local files), before the first fit of a run; a flipped byte anywhere in a shard is a
+``DataError`` naming that shard file. Per-epoch hashing would cost the same again every epoch
+(numbers: ``python -m jobs.benchmark data --paths ray_local,verify``).
+
 Only this module (in ``pipeline/data``) imports Ray. Ray lines carry numbered comments.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -38,17 +46,29 @@ def _seed_for(seed: int, epoch: int, salt: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(salt)])
 
 
+def _batch_source(index: np.ndarray, shard_firsts: Optional[Sequence[int]],
+                  shard_uris: Optional[Sequence[str]]) -> str:
+    """The shard file holding the batch's first row (errors name the file, not "ray batch")."""
+    if not len(index) or not shard_firsts or not shard_uris:
+        return "ray batch (shard unknown)"
+    k = int(np.searchsorted(np.asarray(shard_firsts), int(index[0]), side="right")) - 1
+    return f"{shard_uris[max(k, 0)]} (rows from index {int(index[0])})"
+
+
 def decode_batch(batch: pa.Table, *, image_shape: Sequence[int], layout: Layout = "chw",
-                 shuffle_seed: Optional[int] = None, epoch: int = 0) -> dict[str, np.ndarray]:
+                 shuffle_seed: Optional[int] = None, epoch: int = 0,
+                 shard_firsts: Optional[Sequence[int]] = None,
+                 shard_uris: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     """Decode a pyarrow batch of raw rows into numpy columns for training.
 
     ``image`` binary (raw HWC bytes) -> uint8 (B, 3, H, W) (or (B, H, W, 3) for ``"hwc"``);
     ``label``/``index`` -> int64 (B,). With ``shuffle_seed`` the rows are permuted with a
     generator seeded by (seed, epoch, first index of the batch), so it is reproducible.
     """
-    images = binary_to_images(batch.column("image"), tuple(image_shape), "ray batch")
     labels = batch.column("label").to_numpy()
     index = batch.column("index").to_numpy()
+    images = binary_to_images(batch.column("image"), tuple(image_shape),
+                              _batch_source(index, shard_firsts, shard_uris))
     if shuffle_seed is not None and len(index):
         perm = _seed_for(shuffle_seed, epoch, int(index[0])).permutation(len(index))
         images, labels, index = images[perm], labels[perm], index[perm]
@@ -150,8 +170,97 @@ def read_dataset(uri: Union[str, Manifest], *, s3_endpoint: Optional[str] = None
         ds = ds.map_batches(  # [4] decode bytes -> uint8 arrays, one whole block at a time
             decode_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
             fn_kwargs=dict(image_shape=tuple(m.image_shape), layout=layout,
-                           shuffle_seed=shuffle_seed, epoch=epoch))
+                           shuffle_seed=shuffle_seed, epoch=epoch,
+                           shard_firsts=[s.first_index for s in m.shards],
+                           shard_uris=[m.shard_uri(s) for s in m.shards]))
     return ds
+
+
+# ----------------------------------------------------------------------------------------------
+# Checksums
+# ----------------------------------------------------------------------------------------------
+
+_VERIFIED: set[tuple] = set()  # (uri, sha256, size, mtime_ns) verified by this process
+
+
+def _hash_file(uri: str, s3_endpoint: Optional[str], storage_options: Optional[dict]
+               ) -> tuple[str, str]:
+    """("ok", sha256 hex) or ("error", one-line message naming ``uri``)."""
+    loc = resolve(uri, s3_endpoint=s3_endpoint, storage_options=storage_options)
+    h = hashlib.sha256()
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            while True:
+                chunk = f.read(8 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+    except FileNotFoundError:
+        return "error", f"{uri}: shard listed in the manifest is missing"
+    except (OSError, ValueError) as e:
+        return "error", str(wrap_os_error(e, uri, "read"))
+    return "ok", h.hexdigest()
+
+
+@ray.remote(num_cpus=0.5)
+def _hash_files_task(uris: list[str], s3_endpoint: Optional[str], storage_options: Optional[dict]
+                     ) -> list[tuple[str, str]]:
+    return [_hash_file(u, s3_endpoint, storage_options) for u in uris]  # [8] one task per group
+
+
+def _version(fs: Any, path: str) -> tuple:
+    try:
+        info = fs.get_file_info(path)
+        return (info.size, info.mtime_ns) if info.mtime_ns is not None else (info.size,)
+    except OSError:
+        return ()
+
+
+def verify_shards(uri: Union[str, Manifest], *, s3_endpoint: Optional[str] = None,
+                  storage_options: Optional[dict[str, Any]] = None, use_ray: Optional[bool] = None,
+                  cache: bool = True) -> dict[str, Any]:
+    """Check every shard's sha256 against the manifest; DataError naming the first bad shard.
+
+    Shards are hashed in parallel Ray tasks (``use_ray=None``: when Ray is up and there is more
+    than one shard), each shard version once per process (``cache``). Returns
+    ``{"shards": n hashed, "bytes": b, "seconds": t}``.
+    """
+    kw = dict(s3_endpoint=s3_endpoint, storage_options=storage_options)
+    m = uri if isinstance(uri, Manifest) else read_manifest(uri, **kw)
+    t0 = time.perf_counter()
+    todo = []
+    for s in m.shards:
+        u = m.shard_uri(s)
+        loc = resolve(u, **kw)
+        key = (u, s.sha256, *_version(loc.fs, loc.path))
+        if not (cache and key in _VERIFIED):
+            todo.append((s, u, key))
+    if use_ray is None:
+        use_ray = ray.is_initialized() and len(todo) > 1
+    uris = [u for _, u, _ in todo]
+    if use_ray and uris:
+        n_tasks = max(1, min(len(uris), int(ray.cluster_resources().get("CPU", 1)) * 2))
+        groups = [uris[i::n_tasks] for i in range(n_tasks)]
+        refs = [_hash_files_task.remote(g, s3_endpoint, storage_options) for g in groups]
+        got: dict[str, tuple[str, str]] = {}
+        for g, res in zip(groups, ray.get(refs)):
+            got.update(zip(g, res))
+        results = [got[u] for u in uris]
+    else:
+        results = [_hash_file(u, s3_endpoint, storage_options) for u in uris]
+    n_bytes = 0
+    for (s, u, key), (status, value) in zip(todo, results):
+        if status == "error":
+            raise DataError(value)
+        if value != s.sha256:
+            raise DataError(f"{u}: checksum mismatch (sha256 {value[:12]}..., manifest says "
+                            f"{s.sha256[:12]}...): the shard is corrupt or was replaced; rewrite "
+                            f"the dataset with jobs.prepare_data")
+        if len(key) > 2:
+            n_bytes += int(key[2])
+    if cache:
+        _VERIFIED.update(key for _, _, key in todo)
+    return {"shards": len(todo), "bytes": n_bytes, "seconds": time.perf_counter() - t0}
 
 
 def select_indices(ds: "ray.data.Dataset", indices: Union[Sequence[int], np.ndarray]

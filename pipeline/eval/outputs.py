@@ -135,11 +135,19 @@ def log_text(checkpoint: str, results: Sequence[dict[str, Any]], *, header: str 
     return "\n".join(lines) + "\n"
 
 
+def eps_label(eps: Any) -> str:
+    """An L-inf radius on [0, 1] pixels as the papers write it: ``8/255`` (else the number)."""
+    if eps is None:
+        return "-"
+    k = float(eps) * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{float(eps):.6g}"
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """| mode | clean | PGD-20 | AA (version) | corruption mean | CS-1 | CS-3 | CS-5 | source |"""
+    """| mode | clean | PGD-20 | AA (version) | corruption mean | CS-1 | CS-3 | CS-5 | source | n | eps |"""
     head = ("| mode | clean % | PGD-20 % | AA % | AA version | corr. mean % | CS-1 % | CS-3 % | CS-5 % "
-            "| corr. source | n |")
-    sep = "|" + "---|" * 11
+            "| corr. source | n | attack eps (L-inf) |")
+    sep = "|" + "---|" * 12
     rows = [head, sep]
     for r in results:
         corr = r.get("corruptions") or {}
@@ -148,7 +156,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             f"| {r['mode']} | {_pct(r.get('clean_acc'))} | {_pct(r.get('pgd20_acc'))} | "
             f"{_pct(r.get('aa_acc'))} | {r.get('aa_version') or '-'} | {_pct(corr.get('mean'))} | "
             f"{_pct(ps.get(1))} | {_pct(ps.get(3))} | {_pct(ps.get(5))} | "
-            f"{corr.get('source', '-')} | {r.get('n_examples', '')} |"
+            f"{corr.get('source', '-')} | {r.get('n_examples', '')} | {eps_label(r.get('eps'))} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -344,6 +344,8 @@ def evaluate_model(
         "aa_version": get_spec(cfg.aa_version).label() if "autoattack" in cfg.attacks else None,
         "worst_case_acc": float(worst_case(flags).mean()) if flags else None,
         "n_examples": int(len(labels)),
+        "eps": float(cfg.pgd.eps),  # L-inf radius of PGD-20 and AutoAttack (results.md states it)
+        "pgd_alpha": float(cfg.pgd.alpha), "pgd_steps": int(cfg.pgd.steps),
         "corruptions": None,
         "corruptions_source": None,
     }

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipeline.config import (
     AttackConfig,
     ConfigError,
@@ -30,12 +28,24 @@ from pipeline.config import (
     RunConfig,
     ScalingConfig,
     apply_overrides,
+    blame,
+    check_uri,
     config_hash,
     from_dict,
+    load_yaml,
 )
 from pipeline.eval.robust import EvalConfig
 
 MODES: tuple[str, ...] = ("SLF", "ALF", "AFF")
+
+
+def _check_mode(section: str, cfg: Any) -> None:
+    if not cfg.lr > 0:
+        raise ConfigError(f"{section}.lr must be > 0, got {cfg.lr}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"{section}.epochs and {section}.batch_size must be >= 1")
+    if any(m < 1 for m in cfg.milestones):
+        raise ConfigError(f"{section}.milestones must be epochs >= 1, got {list(cfg.milestones)}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,9 @@ class SLFConfig:
     classifier_init: Literal["zeros", "random"] = "zeros"  # zeros: CIFAR/STL (Q11)
     eval_branch: str = "pgd"  # BN branch kept for the single-BN model (Q12)
 
+    def __post_init__(self) -> None:
+        _check_mode("slf", self)
+
 
 @dataclass(frozen=True)
 class ALFConfig:
@@ -65,6 +78,9 @@ class ALFConfig:
     classifier_init: Literal["zeros", "random"] = "zeros"
     eval_branch: str = "pgd"
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=10))  # uniform start
+
+    def __post_init__(self) -> None:
+        _check_mode("alf", self)
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,9 @@ class AFFConfig:
     nat_bn: str = "normal"
     adv_bn: str = "pgd"
 
+    def __post_init__(self) -> None:
+        _check_mode("aff", self)
+
 
 @dataclass(frozen=True)
 class FinetuneDataConfig:
@@ -99,6 +118,10 @@ class FinetuneDataConfig:
     s3_endpoint: str = ""
     stream_above: int = 200_000  # larger training sets are streamed shard by shard; 0 = always
     shuffle_buffer: int = 20_000  # rows in the streaming shuffle buffer (+ one shard)
+
+    def __post_init__(self) -> None:
+        check_uri("data.train_manifest", self.train_manifest)
+        check_uri("data.test_manifest", self.test_manifest)
 
 
 @dataclass(frozen=True)
@@ -241,16 +264,16 @@ def load_finetune_config(path: str | Path | None = None, overrides: list[str] = 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     first = apply_overrides(data, list(overrides), FinetuneConfig)
     try:
         cfg = from_dict(FinetuneConfig, first)
+        if not cfg.preset:
+            return cfg
+        base = preset_dict(cfg.preset, cfg.data.dataset, cfg.data.resize, cascade=cfg.preset_cascade)
+        merged = apply_overrides(_deep_merge(base, data), list(overrides), FinetuneConfig)
+        return from_dict(FinetuneConfig, merged)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
-    if not cfg.preset:
-        return cfg
-    base = preset_dict(cfg.preset, cfg.data.dataset, cfg.data.resize, cascade=cfg.preset_cascade)
-    merged = apply_overrides(_deep_merge(base, data), list(overrides), FinetuneConfig)
-    return from_dict(FinetuneConfig, merged)
+        raise blame(e, path, overrides) from None

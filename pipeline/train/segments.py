@@ -45,11 +45,11 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from pipeline.config import dump_yaml, to_dict
-from pipeline.data.ray_datasets import read_dataset
+from pipeline.config import ConfigError, dump_yaml, to_dict
+from pipeline.data.ray_datasets import read_dataset, verify_shards
 from pipeline.data.shards import Manifest, read_manifest, split_by_index
 from pipeline.data.storage import delete, exists, join_uri, read_bytes, resolve, write_bytes_atomic
-from pipeline.errors import UserError
+from pipeline.errors import UserError, describe
 from pipeline.models import save_encoder
 from pipeline.train.checkpoint import STATE_FILE, TrainState, UnreadableCheckpoint, load_state
 from pipeline.train.lease import RunLease, run_time_totals
@@ -240,14 +240,21 @@ class SegmentedRun:
         if old and old.get("status") == "finished":
             raise RunFinishedError(f"run {self.run_dir} already finished; use another --run.name (nothing overwritten)")
         cfg_loc = resolve(self._uri("config.yaml"), s3_endpoint=self.endpoint)
-        if exists(cfg_loc) and read_bytes(cfg_loc).decode() != dump_yaml(cfg):
+        # A config.yaml without any checkpoint is a start that failed (bad data, ...): nothing to
+        # resume, so a corrected command may replace it.
+        if exists(cfg_loc) and read_bytes(cfg_loc).decode() != dump_yaml(cfg) \
+                and latest_checkpoint(self.run_dir, self.endpoint) is not None:
             raise RunFinishedError(f"run {self.run_dir} exists with a different config; resume needs the same "
                                    f"config (or choose another --run.name)")
         if cfg.scaling.num_workers == 0 and "://" in self.run_dir:
-            raise ValueError("scaling.num_workers=0 (Ray Train local mode) needs a local run.storage_path")
+            raise ConfigError("scaling.num_workers=0 (Ray Train local mode) needs a local run.storage_path")
         if not cfg.data.manifest:
-            raise ValueError("data.manifest is empty: pass --data.manifest=PATH_OR_S3_URI (jobs.prepare_data writes one)")
-        write_bytes_atomic(cfg_loc, dump_yaml(cfg).encode())
+            raise ConfigError("data.manifest is empty: pass --data.manifest=PATH_OR_S3_URI (jobs.prepare_data writes one)")
+
+    def _record_config(self) -> None:
+        """config.yaml, written once the config and the data were checked (a failed start leaves none)."""
+        cfg = self.cfg
+        write_bytes_atomic(resolve(self._uri("config.yaml"), s3_endpoint=self.endpoint), dump_yaml(cfg).encode())
         self.log(f"run {self.name} -> {self.run_dir}\n{dump_yaml(cfg)}")
 
     def _split(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +308,8 @@ class SegmentedRun:
         self._check_and_record_config()
         manifest = read_manifest(cfg.data.manifest, s3_endpoint=self.endpoint)
         train_idx, val_idx = self._split(manifest)
+        verify_shards(manifest, s3_endpoint=self.endpoint)  # sha256 of every shard, once per driver
+        self._record_config()
         progress_uri = self._uri("progress.json")
         progress = read_json(progress_uri, self.endpoint) or {
             "epoch": 0, "checkpoint": None, "coreset_file": None, "selections": [], "fits": [],
@@ -355,7 +364,8 @@ class SegmentedRun:
                     f"checkpoint is {progress['checkpoint']} (epoch {progress['epoch']}). Lower optim.lr or "
                     f"check the data.")
             if result.error is not None:
-                raise TrainingFailed(f"training failed in epochs {e_next}..{stop}: {result.error}") from result.error
+                raise TrainingFailed(f"training failed in epochs {e_next}..{stop}: "
+                                     f"{describe(result.error, self.endpoint)}") from result.error
             if progress["epoch"] < stop:
                 # never start the same fit again and again: a fit that returns without reaching its
                 # last epoch (and without an error) would do the same next time

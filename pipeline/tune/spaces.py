@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from pipeline.config import ConfigError, PretrainConfig, apply_overrides, from_dict, to_dict
+from pipeline.config import ConfigError, PretrainConfig, apply_overrides, from_dict, load_yaml, to_dict
 from pipeline.config import replace as cfg_replace
 
 # The grid when none is given: the two RCS knobs the issue sweeps (demo-sized values).
@@ -113,7 +113,7 @@ def load_grid_file(path: str | Path) -> dict[str, list[Any]]:
     if not p.is_file():
         raise ConfigError(f"grid file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -1,6 +1,7 @@
 """End to end as a user runs it: `ray start --head`, `ray job submit --working-dir . -- python -m
 jobs.demo --small`, wait, check the job succeeded and the report has every section with numbers in
-range, then stop the head. This is also the test that proves `import pipeline` works on Ray
+range, then stop that head only (its process group; never `ray stop`). This is also the test that
+proves `import pipeline` works on Ray
 workers under --working-dir."""
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -35,16 +39,48 @@ def ray_head(tmp_path):
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    dash, gcs = _free_port(), _free_port()
-    subprocess.run(
-        [RAY, "start", "--head", "--num-cpus", "4", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(dash), "--include-dashboard", "true", "--disable-usage-stats"],
-        env=env, check=True, timeout=180, capture_output=True,
+    dash, gcs, client, agent = _free_port(), _free_port(), _free_port(), _free_port()
+    # Its own temp dir (short: unix sockets) and ports, so it sits next to any other Ray and a plain
+    # ray.init() elsewhere does not attach to it; `--block` in a new session makes the head one
+    # process group that teardown stops alone (never `ray stop`, which kills every Ray here).
+    temp = Path(tempfile.mkdtemp(prefix="raye2e-", dir="/tmp"))
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--temp-dir", str(temp), "--num-cpus", "4", "--port", str(gcs),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+         "--dashboard-agent-listen-port", str(agent), "--min-worker-port", "30000", "--max-worker-port", "30999",
+         "--include-dashboard", "true", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
+        deadline = time.monotonic() + 180
+        while not (temp / "ray_current_cluster").exists():
+            assert head.poll() is None, "ray start exited"
+            assert time.monotonic() < deadline, "the head did not come up in 180 s"
+            time.sleep(1)
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
+        _stop_head(head, temp)
+
+
+def _stop_head(head: subprocess.Popen, temp: Path) -> None:
+    """SIGTERM the head's process group, then SIGKILL it and any process still naming ``temp``."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            head.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(temp) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_demo_through_ray_job_submit(ray_head, tmp_path):

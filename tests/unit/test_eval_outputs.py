@@ -69,3 +69,12 @@ def test_write_all_and_checkpoint_id(tmp_path):
     assert "mean corruption accuracy: 37.50 [generated]" in paths["log"].read_text()
     assert "[SLF]" in paths["corruptions_log"].read_text()
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_markdown_table_states_the_attack_eps():
+    # issue 10: a results table must say at which radius PGD-20 / AutoAttack were run
+    r8, r4 = _res("SLF", 0.8, 0.4, 0.3), _res("ALF", 0.7, 0.5, 0.4)
+    r8["eps"], r4["eps"] = 8 / 255, 4 / 255
+    lines = markdown_table([r8, r4]).splitlines()
+    assert lines[0].rstrip().endswith("| attack eps (L-inf) |")
+    assert lines[2].endswith("| 8/255 |") and lines[3].endswith("| 4/255 |")

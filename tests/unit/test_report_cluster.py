@@ -121,19 +121,75 @@ def test_submit_sh_builds_the_job_command(fake_ray):
     assert usage.returncode == 2 and "usage" in usage.stderr
 
 
-def test_local_up_and_down(fake_ray):
+def _stub_ray_start(bin_dir: Path, log: Path) -> None:
+    """`ray start --block` stand-in: records its args, writes ray_current_cluster, then blocks."""
+    (bin_dir / "ray").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$RAY_AUTH_MODE $*" >> {log}\n'
+        'if [ "$1" = start ]; then\n'
+        '  while [ $# -gt 0 ]; do [ "$1" = --temp-dir ] && td="$2"; shift; done\n'
+        '  echo 127.0.0.1:6390 > "$td/ray_current_cluster"\n'
+        '  exec sleep 300\n'
+        'fi\n')
+
+
+def test_local_up_and_down_stop_only_their_head(fake_ray, tmp_path):
     env, log = fake_ray
-    out = subprocess.run(["bash", str(CLUSTER / "local_up.sh")], env={**env, "NUM_CPUS": "2"},
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    call = log.read_text().strip()
-    # 2 CPUs are raised to 4 (G1); loopback dashboard; no usage stats; token auth.
-    assert call == ("token start --head --num-cpus 4 --dashboard-host 127.0.0.1 --dashboard-port 8265 "
-                    "--disable-usage-stats")
-    assert "export RAY_AUTH_MODE=token" in out.stdout and "RAY_ADDRESS=http://127.0.0.1:8265" in out.stdout
-    log.unlink()
-    assert subprocess.run(["bash", str(CLUSTER / "local_down.sh")], env=env, timeout=30).returncode == 0
-    assert log.read_text().strip() == "token stop"
+    _stub_ray_start(Path(env["PATH"].split(":")[0]), log)
+    temp = tmp_path / "rh"
+    other = subprocess.Popen(["sleep", "300"])  # stands for a user's own Ray on the machine
+    try:
+        ports = {"RAY_TEMP_DIR": str(temp), "GCS_PORT": "6390", "DASHBOARD_PORT": "8290", "CLIENT_PORT": "10190",
+                 "DASHBOARD_AGENT_PORT": "52390", "MIN_WORKER_PORT": "20000", "MAX_WORKER_PORT": "20999",
+                 "NODE_MANAGER_PORT": "7001", "NUM_CPUS": "2"}
+        out = subprocess.run(["bash", str(CLUSTER / "local_up.sh")], env={**env, **ports},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        call = log.read_text().strip()
+        # 2 CPUs are raised to 4 (G1); every port and the temp dir from the environment; token auth
+        assert call == (f"token start --head --block --temp-dir {temp} --num-cpus 4 --port 6390 "
+                        "--dashboard-host 127.0.0.1 --dashboard-port 8290 --ray-client-server-port 10190 "
+                        "--dashboard-agent-listen-port 52390 --min-worker-port 20000 --max-worker-port 20999 "
+                        "--disable-usage-stats --node-manager-port 7001")
+        assert "RAY_ADDRESS=http://127.0.0.1:8290" in out.stdout
+        head = int((temp / "local_up.pid").read_text())
+        os.kill(head, 0)  # running
+        log.unlink()
+        down = subprocess.run(["bash", str(CLUSTER / "local_down.sh")], env={**env, "RAY_TEMP_DIR": str(temp)},
+                              capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0, down.stderr
+        assert not log.exists()  # no `ray stop` (it kills every Ray on the machine)
+        with pytest.raises(ProcessLookupError):
+            os.kill(head, 0)
+        assert other.poll() is None  # the other "Ray" is untouched
+    finally:
+        other.kill()
+
+
+def test_follow_exits_nonzero_when_the_job_fails(fake_ray):
+    env, log = fake_ray
+    bin_dir = Path(env["PATH"].split(":")[0])
+    (bin_dir / "ray").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {log}\n'
+        'if [ "$2" = status ]; then echo "Job \'$3\' failed"; echo "Status message: exit code 2"; fi\n')
+    r = subprocess.run(["bash", str(CLUSTER / "submit.sh"), "pretrain"], capture_output=True, text=True,
+                       env={**env, "FOLLOW": "1", "SUBMISSION_ID": "p-1"}, timeout=30)
+    assert r.returncode == 1 and "p-1 did not succeed" in r.stderr, (r.returncode, r.stderr)
+    assert "job logs -f p-1" in log.read_text()
+    (bin_dir / "ray").write_text('#!/usr/bin/env bash\nif [ "$2" = status ]; then echo "Job \'$3\' succeeded"; fi\n')
+    r = subprocess.run(["bash", str(CLUSTER / "submit.sh"), "pretrain"], capture_output=True, text=True,
+                       env={**env, "FOLLOW": "1", "SUBMISSION_ID": "p-2"}, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_documented_smoke_config_exists_and_loads():
+    from pipeline.config import PretrainConfig, load_config
+
+    docs = [CLUSTER / "README.md", CLUSTER / "submit.sh", CLUSTER / "local_up.sh", ROOT / "README.md"]
+    assert any("jobs/configs/smoke.yaml" in p.read_text() for p in docs)
+    cfg = load_config(PretrainConfig, ROOT / "jobs" / "configs" / "smoke.yaml", ["--data.manifest=/tmp/x"])
+    assert cfg.train.epochs <= 5 and cfg.run.name == "smoke"
 
 
 def test_report_code_never_imports_ray():
