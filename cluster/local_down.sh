@@ -19,6 +19,18 @@ procs_of_head() {
   done
 }
 
+# true while a live (not zombie) process is in the head's process group
+group_alive() {
+  local d s
+  for d in /proc/[0-9]*; do
+    s="$(sed 's/.*) //' "$d/stat" 2>/dev/null)" || continue
+    # shellcheck disable=SC2086  # fields: state ppid pgrp ...
+    set -- $s
+    [ "${1:-Z}" != Z ] && [ "${3:-}" = "$PGID" ] && return 0
+  done
+  return 1
+}
+
 if [ ! -f "$PID_FILE" ]; then
   echo "error: $PID_FILE not found: no head started by cluster/local_up.sh with RAY_TEMP_DIR=$RAY_TEMP_DIR" >&2
   exit 2
@@ -28,7 +40,7 @@ if kill -0 "$PGID" 2>/dev/null && tr '\0' ' ' < "/proc/$PGID/cmdline" | grep -qF
   kill -TERM -- "-$PGID" 2>/dev/null || true
 fi
 for _ in $(seq "$STOP_TIMEOUT_S"); do
-  if ! kill -0 -- "-$PGID" 2>/dev/null && [ -z "$(procs_of_head)" ]; then break; fi
+  if ! group_alive && [ -z "$(procs_of_head)" ]; then break; fi
   sleep 1
 done
 kill -KILL -- "-$PGID" 2>/dev/null || true

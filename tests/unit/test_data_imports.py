@@ -23,4 +23,5 @@ def test_core_module_does_not_import_ray(name: str) -> None:
     assert "ray" not in mods
     assert mods <= {"__future__", "numpy", "pyarrow", "torch", "pipeline", "PIL", "ffcv",
                     "hashlib", "json", "math", "os", "posixpath", "uuid", "dataclasses",
-                    "pathlib", "typing", "urllib", "re", "codecs", "io", "pickle"}, mods
+                    "pathlib", "typing", "urllib", "re", "codecs", "io", "pickle", "tempfile",
+                    "shutil", "collections", "itertools"}, mods

@@ -84,8 +84,10 @@ def test_failed_start_leaves_no_config_that_blocks_the_corrected_rerun(tmp_path)
     (tmp_path / "r" / "config.yaml").write_text(dump_yaml(bad.cfg))
     run(str(tmp_path / "data"))._check_and_record_config()
     # ...but once a checkpoint exists, a different config is still refused
-    (tmp_path / "r" / "epoch_00001").mkdir()
-    (tmp_path / "r" / "epoch_00001" / "state.pt").write_bytes(b"x")
+    from pipeline.train.checkpoint import TrainState, save_state
+
+    save_state(tmp_path / "r" / "epoch_00001", TrainState(epoch=1, global_step=1, model={}, optimizer={},
+                                                           config={}))
     with pytest.raises(RunFinishedError, match="different config"):
         run(str(tmp_path / "other"))._check_and_record_config()
 
