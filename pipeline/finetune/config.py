@@ -50,6 +50,10 @@ class SLFConfig:
     weight_decay: float = 2e-4
     classifier_init: Literal["zeros", "random"] = "zeros"  # zeros: CIFAR/STL (Q11)
     eval_branch: str = "pgd"  # BN branch kept for the single-BN model (Q12)
+    # Standardise each frozen feature with training-set mean/std before the Linear (folded into
+    # it afterwards). False = the authors' raw features (their recipes set it); True keeps the
+    # probe of an unnormalised encoder (e.g. a random one) from diverging at lr 0.1.
+    standardize: bool = True
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class ALFConfig:
     weight_decay: float = 2e-4
     classifier_init: Literal["zeros", "random"] = "zeros"
     eval_branch: str = "pgd"
+    standardize: bool = True  # as SLFConfig.standardize
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=10))  # uniform start
 
 
@@ -222,6 +227,8 @@ def preset_dict(method: str, dataset: str, resize: int = 32, *, cascade: bool = 
         else:
             vals = {**CLI_DEFAULTS, **ch}
         out[mode.lower()] = {k: (list(v) if isinstance(v, list) else v) for k, v in vals.items()}
+    for mode in ("slf", "alf"):
+        out[mode]["standardize"] = False  # the authors probe raw features
     return out
 
 

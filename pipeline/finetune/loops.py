@@ -29,6 +29,7 @@ from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.modes import (
     as_device_arrays,
     build_finetune_model,
+    fit_feature_norm,
     finalize_for_eval,
     make_optimizer,
     run_epoch,
@@ -64,12 +65,13 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     num_classes = int(config.get("num_classes") or cfg.data.num_classes or int(y_np.max()) + 1)
     torch.manual_seed(cfg.train.seed)
     model = build_finetune_model(encoder, mode, mcfg, num_classes).to(device)
+    x, y = as_device_arrays(x_np, y_np, device)
+    fit_feature_norm(model, x)  # before DDP: every rank computes the same statistics
     module = training_module(model, mode, mcfg)
     if world > 1:
         # [2] DDP over the trainable parameters (frozen ones are skipped by DDP)
         module = ray.train.torch.prepare_model(module, move_to_device=False)
     opt, sched = make_optimizer(model, mcfg)
-    x, y = as_device_arrays(x_np, y_np, device)
 
     def log(line: str) -> None:
         if rank == 0:  # not print(): Ray Train V2's print patch would show every line twice
