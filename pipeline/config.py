@@ -351,6 +351,13 @@ class LossConfig:
     dynaug_period: int = 50  # K: staircase length in epochs
     dynaug_lambda: float = 2 / 3  # omega = lambda * (1 - s)
     half: bool = False  # RCS repo's ACL divides (L_nat + L_adv) by 2
+    # Augmentation strength s scale: CL/ACL use s = aug_strength, DynACL/AIR aug_strength * s(e).
+    # 1.0 = the authors (crops down to 10 % of the area); short 32 px runs learn faster with less.
+    aug_strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.aug_strength <= 1.0:
+            raise ConfigError(f"loss.aug_strength must be in [0, 1], got {self.aug_strength}")
 
 
 @dataclass(frozen=True)
@@ -370,6 +377,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RCSConfig:
     enabled: bool = False
+    method: Literal["greedy", "random"] = "greedy"  # random = uniform k-subset, same schedule (control)
     fraction: float = 0.2  # k: coreset size / training-set size
     warmup_epochs: int = 100  # full-data epochs before the first selection
     interval: int = 20  # select every I epochs after warm-up

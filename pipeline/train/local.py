@@ -31,9 +31,9 @@ def build_encoder(cfg: PretrainConfig) -> torch.nn.Module:
 
 
 def _settings(cfg: PretrainConfig, epoch: int) -> StepSettings:
-    s, w = 1.0, 0.0
+    s, w = cfg.loss.aug_strength, 0.0
     if cfg.loss.mode in ("dynacl", "air"):
-        s = dynaug_strength(epoch, cfg.train.epochs, cfg.loss.dynaug_period)
+        s = cfg.loss.aug_strength * dynaug_strength(epoch, cfg.train.epochs, cfg.loss.dynaug_period)
         w = acl_weight(epoch, cfg.train.epochs, cfg.loss.dynaug_period, cfg.loss.dynaug_lambda)
     return StepSettings(
         mode=cfg.loss.mode, strength=s, weight=w, temperature=cfg.loss.temperature,

@@ -269,6 +269,14 @@ class SegmentedRun:
         print(f"[rcs] epoch {epoch}: selecting {cfg.rcs.fraction:.0%} of {len(train_idx)} "
               f"(validation {len(val_idx)})", flush=True)
         t0 = time.perf_counter()
+        if cfg.rcs.method == "random":  # the control: no model, no scoring
+            from pipeline.coreset import random_coreset
+
+            idx = random_coreset(train_idx, cfg.rcs.fraction, selection_seed(cfg.train.seed, epoch))
+            dt = time.perf_counter() - t0
+            print(f"[rcs] epoch {epoch}: random {len(idx)} in {dt:.3f}s", flush=True)
+            return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt, "method": "random",
+                         "fraction": len(idx) / max(len(train_idx), 1)}
         res = select_coreset_ray(
             net, manifest_uri=cfg.data.manifest, train_indices=train_idx, val_indices=val_idx,
             spec=self.spec.selection_spec(epoch), round_seed=selection_seed(cfg.train.seed, epoch),
