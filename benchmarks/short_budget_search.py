@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log", default="")
     p.add_argument("--tag", default="")
+    p.add_argument("--save", default="", help="write the pre-trained state dict here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = load_config(PretrainConfig, a.config, list(a.override))
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     net, hist = pretrain_in_process(cfg, xtr, log=lambda s: print(s, flush=True))
     t_pre = time.perf_counter() - t0
+    if a.save:
+        torch.save(net.state_dict(), a.save)
     rows.append({"run": a.tag or cfg.loss.mode, "overrides": a.override, "pretrain_s": round(t_pre, 1),
                  "loss_first": round(hist[0]["loss"], 3), "loss_last": round(hist[-1]["loss"], 3),
                  **probe(net, xtr, ytr, xte, yte, epochs=a.probe_epochs)})
