@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def normalise_accuracies(results: dict[str, Any], source: str) -> dict[str, Any]
     """Accuracies to percent. A file is in percent if any accuracy exceeds 1, else fractions."""
     out = dict(results)
     vals = {}
-    for k in ACC_KEYS:
+    extra = [k for k in results if re.fullmatch(r"pgd20_\d+_acc", k)]  # EvalConfig.pgd_extra_eps
+    for k in (*ACC_KEYS, *extra):
         v = results.get(k)
         if v is None:
             continue

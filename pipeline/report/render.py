@@ -150,8 +150,13 @@ def summary_table(rows: Sequence[ReportRow], currency: str = "USD") -> Table:
     modes = modes_present(rows)
     headers = ["Run", "Status", "k", "Warm-up", "Every", "Epochs", "Wall", "Worker-h", "GPU-h",
                f"Cost ({currency})", "Speed-up (measured)", "Speed-up (ideal)"]
+    extra = sorted({k for r in rows for ev in r.evals.values() for k in ev
+                    if k.startswith("pgd20_") and k.endswith("_acc") and k != "pgd20_acc"},
+                   key=lambda k: int(k.split("_")[1]))  # more PGD-20 radii, when evaluated
     for m in modes:
-        headers += [f"{m} SA", f"{m} PGD-20", f"{m} AA"]
+        headers += [f"{m} SA", f"{m} PGD-20"]
+        headers += [f"{m} PGD-20@{k.split('_')[1]}" for k in extra]
+        headers += [f"{m} AA"]
     headers.append("Corruption acc")
     out = []
     for r in rows:
@@ -174,7 +179,9 @@ def summary_table(rows: Sequence[ReportRow], currency: str = "USD") -> Table:
         ]
         for m in modes:
             ev = r.evals.get(m, {})
-            cells += [fmt(ev.get("clean_acc")), fmt(ev.get("pgd20_acc")), fmt(ev.get("aa_acc"))]
+            cells += [fmt(ev.get("clean_acc")), fmt(ev.get("pgd20_acc"))]
+            cells += [fmt(ev.get(k)) for k in extra]
+            cells += [fmt(ev.get("aa_acc"))]
         corr = next(((m, r.evals[m]["mean_corruption_acc"]) for m in EVAL_MODES
                      if r.evals.get(m, {}).get("mean_corruption_acc") is not None), None)
         cells.append(NA if corr is None else f"{corr[1]:.2f} ({corr[0]})")

@@ -22,7 +22,7 @@ from pipeline.finetune.config import SLFConfig
 from pipeline.finetune.modes import finetune
 from pipeline.train.local import build_encoder, pretrain_in_process
 
-SIZE = 32
+SIZE = 16
 PER_CLASS, TEST_PER_CLASS = 50, 20
 # The short-budget recipe (jobs/configs/short_budget_acl.yaml), fewer epochs and images.
 RECIPE = ["--model.width=8", "--model.head=proj2", "--optim.name=adam", "--optim.lr=0.003",
