@@ -174,10 +174,14 @@ class SegmentedRun:
         self.log(f"run {self.name} -> {self.run_dir}\n{dump_yaml(cfg)}")
 
     def _split(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-        """Disjoint train / validation indices; validation is only used by RCS (spec §5.1)."""
+        """Disjoint train / validation indices; validation is only used by RCS (spec §5.1).
+
+        The same images are held out with RCS on or off, so a full-data baseline and its RCS run
+        train on the same pool (like with like); data.holdout=false trains both on everything.
+        """
         cfg = self.cfg
         everything = np.arange(manifest.count, dtype=np.int64)
-        if not cfg.rcs.enabled or cfg.data.val_fraction <= 0:
+        if cfg.data.val_fraction <= 0:
             return everything, np.zeros(0, np.int64)
         train_idx, val_idx = split_by_index(manifest, cfg.data.val_fraction, cfg.train.seed)
         if not cfg.data.holdout:
