@@ -46,6 +46,36 @@ def probe(net, xtr, ytr, xte, yte, *, epochs: int = 10, eps=(8 / 255,), seed: in
     return out
 
 
+def _schedule(cfg, x, train_idx, val_idx):
+    """subset(epoch, net) for the RCS schedule of cfg.rcs (greedy or random), else all of train_idx."""
+    from pipeline.coreset import SelectionSpec, is_selection_epoch, random_coreset, select_coreset, selection_seed
+
+    spent = [0.0]
+    state = {"idx": train_idx}
+    if not cfg.rcs.enabled:
+        return (lambda epoch, net: train_idx), spent
+
+    def subset(epoch, net):
+        e0 = epoch - 1  # 0-based, as is_selection_epoch
+        if e0 < cfg.rcs.warmup_epochs:
+            return train_idx
+        if is_selection_epoch(e0, cfg.rcs.warmup_epochs, cfg.rcs.interval):
+            t0 = time.perf_counter()
+            seed = selection_seed(cfg.train.seed, epoch)
+            if cfg.rcs.method == "random":
+                state["idx"] = random_coreset(train_idx, cfg.rcs.fraction, seed)
+            else:
+                s = cfg.loss.aug_strength
+                spec = SelectionSpec.from_config(cfg.rcs, cfg.attack, cfg.loss, strength=s)
+                res = select_coreset(net, fetch_images=lambda i: x[torch.as_tensor(i)], train_indices=train_idx,
+                                     val_images=x[torch.as_tensor(val_idx)], spec=spec, round_seed=seed)
+                state["idx"] = np.asarray(res.indices)
+            spent[0] += time.perf_counter() - t0
+        return state["idx"]
+
+    return subset, spent
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--config", default=None)
@@ -58,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--log", default="")
     p.add_argument("--tag", default="")
     p.add_argument("--save", default="", help="write the pre-trained state dict here")
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="hold out this fraction of the training images (RCS validation) in every run")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = load_config(PretrainConfig, a.config, list(a.override))
@@ -67,11 +99,18 @@ def main(argv=None) -> int:
         torch.manual_seed(cfg.train.seed)
         rows.append({"run": "random", **probe(build_encoder(cfg).eval(), xtr, ytr, xte, yte, epochs=a.probe_epochs)})
     t0 = time.perf_counter()
-    net, hist = pretrain_in_process(cfg, xtr, log=lambda s: print(s, flush=True))
+    pool = np.arange(len(xtr))
+    n_val = int(round(a.holdout * len(xtr))) if (a.holdout or cfg.rcs.enabled) else 0
+    if cfg.rcs.enabled and n_val == 0:
+        n_val = max(1, int(round(cfg.data.val_fraction * len(xtr))))
+    train_idx, val_idx = pool[n_val:], pool[:n_val]  # generated order is already shuffled
+    subset, sel_s = _schedule(cfg, xtr, train_idx, val_idx)
+    net, hist = pretrain_in_process(cfg, xtr, subset=subset, log=lambda s: print(s, flush=True))
     t_pre = time.perf_counter() - t0
     if a.save:
         torch.save(net.state_dict(), a.save)
     rows.append({"run": a.tag or cfg.loss.mode, "overrides": a.override, "pretrain_s": round(t_pre, 1),
+                 "selection_s": round(sel_s[0], 1), "train_images_seen": int(sum(h["images"] for h in hist)),
                  "loss_first": round(hist[0]["loss"], 3), "loss_last": round(hist[-1]["loss"], 3),
                  **probe(net, xtr, ytr, xte, yte, epochs=a.probe_epochs)})
     for r in rows:

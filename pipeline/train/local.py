@@ -47,15 +47,15 @@ def pretrain_in_process(
     cfg: PretrainConfig,
     images: np.ndarray | torch.Tensor,
     *,
-    subset: Optional[Callable[[int], Optional[np.ndarray]]] = None,
+    subset: Optional[Callable[[int, torch.nn.Module], Optional[np.ndarray]]] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Pre-train ``build_encoder(cfg)`` on uint8 images (N, 3, H, W) -> (net, per-epoch metrics).
 
     Mirrors the Ray worker: seeded per-epoch permutation, drop_last, lr set every step from
     ``lr_at`` at fractional epoch tau = steps done / steps per epoch, non-finite losses skipped.
-    ``subset(epoch)`` may return the indices to train on in that epoch (None = all), which is
-    how a coreset schedule is replayed in-process.
+    ``subset(epoch, net)`` may return the indices to train on in that epoch (None = all), which
+    is how a coreset schedule (RCS or random-k) runs in-process.
     """
     torch.manual_seed(cfg.train.seed)
     x_all = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
@@ -69,7 +69,7 @@ def pretrain_in_process(
     history: list[dict[str, float]] = []
     tau = 0.0
     for epoch in range(1, cfg.train.epochs + 1):
-        idx = subset(epoch) if subset is not None else None
+        idx = subset(epoch, net) if subset is not None else None
         pool = np.arange(len(x_all)) if idx is None else np.asarray(idx)
         order = pool[np.random.default_rng([cfg.train.seed, epoch]).permutation(len(pool))]
         steps = max(1, len(order) // bs)
