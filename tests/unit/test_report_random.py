@@ -56,3 +56,14 @@ def test_without_a_random_dir_the_row_reads_na_and_says_how_to_make_one(tmp_path
     assert c.random_row is None and near_random_warnings(c.rows, None) == []
     md = render_report(c).markdown.read_text()
     assert f"| {RANDOM_NAME} | not evaluated |" in md and "jobs.random_encoder" in md
+
+
+def test_a_second_pgd_radius_gets_its_own_column(tmp_path: Path):
+    sw = _sweep(tmp_path, {"learned": 0.8}, random=0.3)
+    rp = tmp_path / "learned" / "eval" / "SLF" / "results.json"
+    rp.write_text(json.dumps({"mode": "SLF", "clean_acc": 0.8, "pgd20_acc": 0.4, "pgd20_16_acc": 0.2}))
+    md = render_report(collect(sw)).markdown.read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| Run |"))
+    assert "| SLF PGD-20 | SLF PGD-20@16 | SLF AA |" in header
+    row = next(ln for ln in md.splitlines() if ln.startswith("| learned |"))
+    assert "| 40.00 | 20.00 |" in row
