@@ -391,7 +391,7 @@ def random_row(run_dir: Optional[Path]) -> Optional[ReportRow]:
         return None
     run = load_run(run_dir)
     row = make_row(run, name="random encoder (untrained)")
-    row.wall_time_s, row.measured, row.ideal = 0.0, None, None
+    row.wall_time_s, row.measured, row.ideal, row.epochs = 0.0, None, None, 0
     return row
 
 
