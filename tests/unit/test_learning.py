@@ -64,9 +64,12 @@ def _scores(mode: str, seed: int) -> dict[str, float]:
 
 
 def test_pretraining_beats_a_random_encoder_under_the_linear_probe():
-    """SimCLR (12 epochs, 500 images) vs the same network untrained, same SLF probe.
+    """SimCLR (30 epochs, 500 images, 16 px) vs the same network untrained, same SLF probe.
 
-    Measured (seeds 1, 2, 3): see MARGINS_CLEAN below; the margin is under the smallest gap seen.
+    Measured SLF clean accuracy, % (random encoder -> SimCLR, gap), 200 test images:
+      seed 1: 27.5 -> 64.0 (+36.5); seed 2: 33.5 -> 54.5 (+21.0); seed 3: 26.0 -> 50.0 (+24.0).
+    Margin 10 points: under half the smallest gap seen (21.0). With the NT-Xent loss replaced by a
+    constant (no gradient reaches the encoder) seed 1 gave 21.5 vs 27.5: the test fails.
     """
     cl, rnd = _scores("simclr", 1), _scores("random", 1)
     assert cl["clean"] >= rnd["clean"] + MARGIN_CLEAN, (cl, rnd)
@@ -75,14 +78,16 @@ def test_pretraining_beats_a_random_encoder_under_the_linear_probe():
 def test_acl_is_more_robust_than_cl_at_8_255():
     """ACL (PGD-2 in pre-training) vs SimCLR, same recipe and probe, PGD-20 at 8/255.
 
-    Measured (seeds 1, 2, 3): see MARGINS_PGD below; the margin is under the smallest gap seen.
+    Measured SLF PGD-20 accuracy, % (SimCLR -> ACL, gap), 200 test images:
+      seed 1: 13.0 -> 26.0 (+13.0); seed 2: 4.0 -> 24.5 (+20.5); seed 3: 7.5 -> 27.5 (+20.0).
+    Margin 6 points: under half the smallest gap seen (13.0).
     """
     acl, cl = _scores("acl", 1), _scores("simclr", 1)
     assert acl["pgd20"] >= cl["pgd20"] + MARGIN_PGD, (acl, cl)
 
 
-MARGIN_CLEAN = 10.0
-MARGIN_PGD = 5.0
+MARGIN_CLEAN = 10.0  # points; smallest measured gap 21.0 (seeds 1-3)
+MARGIN_PGD = 6.0  # points; smallest measured gap 13.0 (seeds 1-3)
 
 
 if __name__ == "__main__":  # the measurement behind the margins
