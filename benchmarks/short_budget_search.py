@@ -25,10 +25,10 @@ from pipeline.finetune.modes import finetune
 from pipeline.train.local import build_encoder, pretrain_in_process
 
 
-def make_data(per_class: int, test_per_class: int, seed: int = 0):
+def make_data(per_class: int, test_per_class: int, seed: int = 0, size: int = 32):
     rng = np.random.default_rng(seed)
-    xtr, ytr = generate_images(10, per_class, rng)
-    xte, yte = generate_images(10, test_per_class, rng)
+    xtr, ytr = generate_images(10, per_class, rng, size)
+    xte, yte = generate_images(10, test_per_class, rng, size)
     nchw = lambda a: torch.as_tensor(a).permute(0, 3, 1, 2).contiguous()
     return nchw(xtr), torch.as_tensor(ytr), nchw(xte), torch.as_tensor(yte)
 
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--override", action="append", default=[])
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--test-per-class", type=int, default=30)
+    p.add_argument("--size", type=int, default=32, help="image size (px)")
     p.add_argument("--probe-epochs", type=int, default=10)
     p.add_argument("--random", action="store_true", help="also probe the random encoder")
     p.add_argument("--threads", type=int, default=1)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = load_config(PretrainConfig, a.config, list(a.override))
-    xtr, ytr, xte, yte = make_data(a.per_class, a.test_per_class)
+    xtr, ytr, xte, yte = make_data(a.per_class, a.test_per_class, size=a.size)
     rows = []
     if a.random:
         torch.manual_seed(cfg.train.seed)
