@@ -1,17 +1,21 @@
-"""The whole chain on an embedded default, on a local Ray (the README's main command).
+"""The papers' story on an embedded default, on a local Ray (the README's main command).
 
-    python -m jobs.demo                 # ~10 min on 2 CPU cores; artefacts in demo_out/
-    python -m jobs.demo --small         # a 2-3 minute version (CI's end-to-end test)
+    python -m jobs.demo                 # ~10 min on 2 free CPU cores; artefacts in demo_out/
+    python -m jobs.demo --small         # a 2-3 minute version (CI's end-to-end test; learns little)
+    python -m jobs.demo --all-modes     # also ALF and AFF fine-tuning (longer)
     ray job submit --working-dir . -- python -m jobs.demo --out /tmp/demo_out
 
 Steps (each skipped when its finished artefact is already there, so a re-run is cheap):
   1. generate a 10-class shapes dataset in the ImageNet-32 release format and convert it to
      parquet shards + manifest (the real converter);
-  2. DynACL-AIR pre-training with RCS coreset selection, and the matching full-data run
-     (the baseline for the speed-up), on Ray Train / Ray Data / Ray tasks;
-  3. SLF, ALF and AFF fine-tuning of both encoders, evaluated with clean accuracy, PGD-20 and a cheap
-     AutoAttack subset (APGD-CE + APGD-T);
-  4. the report: speed-up, accuracies, cost, plots -> demo_out/runs/demo/report/report.{md,html}.
+  2. pre-training with the short-budget recipe (jobs/configs/demo.yaml) on Ray Train / Ray Data
+     / Ray tasks: CL (SimCLR), ACL (the full-data baseline), AIR, ACL-RCS (greedy coreset,
+     k = 0.2) and ACL with a random k = 0.2 subset on the same schedule; plus a randomly
+     initialised encoder (no training);
+  3. SLF fine-tuning of every encoder (standardised linear probe), evaluated with clean
+     accuracy, PGD-20 at 8/255 and 16/255 and an AutoAttack subset (APGD-CE + APGD-T);
+  4. the report: random encoder, CL, ACL, AIR, RCS side by side with pre-training wall time and
+     speed-up over full ACL -> demo_out/runs/demo/report/report.{md,html}.
 """
 
 from __future__ import annotations
@@ -60,11 +64,22 @@ def pretrain(base: list[str], name: str, storage: Path, extra: list[str]) -> str
     return run_pretrain(cfg).run_dir
 
 
-def finetune(run_dir: str, train: str, test: str, small: bool) -> None:
+# (run name, loss, RCS overrides): the rows of the report after the random encoder
+RUNS = (
+    ("demo-cl", "simclr", ["--rcs.enabled=false"]),
+    ("demo-acl", "acl", ["--rcs.enabled=false"]),  # the baseline of the speed-ups
+    ("demo-air", "air", ["--rcs.enabled=false"]),
+    ("demo-acl-rcs", "acl", ["--rcs.enabled=true", "--rcs.method=greedy"]),
+    ("demo-acl-randk", "acl", ["--rcs.enabled=true", "--rcs.method=random"]),
+)
+BASELINE = "demo-acl"
+
+
+def finetune(run_dir: str, train: str, test: str, small: bool, modes: tuple[str, ...] = ("SLF",)) -> None:
     from pipeline.finetune.config import load_finetune_config
     from pipeline.finetune.driver import run_finetune
 
-    for mode in ("SLF", "ALF", "AFF"):
+    for mode in modes:
         out = Path(run_dir) / "eval" / mode
         if (out / "results.json").exists():
             print(f"[demo] {Path(run_dir).name} {mode}: already evaluated", flush=True)
@@ -73,7 +88,8 @@ def finetune(run_dir: str, train: str, test: str, small: bool) -> None:
                      f"--data.test_manifest={test}", f"--mode={mode}", f"--run.storage_path={Path(run_dir) / 'eval'}",
                      f"--run.name=ft-{mode.lower()}"]
         if small:
-            overrides += ["--slf.epochs=2", "--alf.epochs=1", "--aff.epochs=1", "--eval.n_examples=64", "--eval.aa_version=fast"]
+            overrides += ["--slf.epochs=2", "--alf.epochs=1", "--aff.epochs=1", "--eval.n_examples=64",
+                          "--eval.aa_version=fast"]
         cfg = load_finetune_config(ROOT / "configs" / "finetune_demo.yaml", overrides)
         run_finetune(cfg, out, use_ray=True, log=lambda s, m=mode: print(f"[demo] {m}: {s}", flush=True))
 
@@ -83,6 +99,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument("--small", action="store_true", help="tiny settings (CI end-to-end test)")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
+    p.add_argument("--all-modes", action="store_true", help="ALF and AFF too (SLF only by default)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers; 0 (default) = Train local mode, in-process: no worker-group start per fit on a laptop")
     p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
@@ -105,21 +122,34 @@ def _main(argv: list[str]) -> int:
     base = [f"--data.manifest={train}", f"--scaling.num_workers={args.num_workers}"]
     if args.small:
         base += ["--train.epochs=4", "--rcs.warmup_epochs=1", "--train.max_steps_per_epoch=3",
-                 "--train.batch_size=64", "--rcs.batch_size=32", "--model.width=4"]
-    print("[demo] 2/4 pre-training: DynACL-AIR + RCS, and the full-data baseline", flush=True)
-    rcs_dir = pretrain(base, "demo-rcs", storage, ["--rcs.enabled=true"])
-    full_dir = pretrain(base, "demo-full", storage, ["--rcs.enabled=false"])
+                 "--train.batch_size=64", "--rcs.batch_size=32", "--model.width=4", "--loss.dynaug_period=2"]
+    print("[demo] 2/4 pre-training: CL, ACL, AIR, ACL-RCS, ACL-random-k (+ a random encoder)", flush=True)
+    dirs: dict[str, str] = {}
+    for name, loss, extra in RUNS:
+        t1 = time.perf_counter()
+        dirs[name] = pretrain(base, name, storage, [f"--loss.mode={loss}", *extra])
+        print(f"[demo] {name}: {time.perf_counter() - t1:.0f}s", flush=True)
+    from jobs.random_encoder import write_random_encoder
 
-    print("[demo] 3/4 fine-tuning (SLF, ALF, AFF) and evaluation (clean, PGD-20, AutoAttack subset)", flush=True)
-    for d in (rcs_dir, full_dir):
-        finetune(d, train, test, args.small)
+    rnd_dir = storage / "random-init"
+    if not (rnd_dir / "encoder.pt").exists():
+        write_random_encoder(load_config(PretrainConfig, ROOT / "configs" / "demo.yaml", base), rnd_dir)
+
+    modes = ("SLF", "ALF", "AFF") if args.all_modes else ("SLF",)
+    print(f"[demo] 3/4 fine-tuning ({', '.join(modes)}) and evaluation (clean, PGD-20 @8 and @16, AutoAttack subset)",
+          flush=True)
+    for d in (str(rnd_dir), *dirs.values()):
+        finetune(d, train, test, args.small, modes)
 
     print("[demo] 4/4 report", flush=True)
     sweep_dir = storage / "demo"
+    fraction = load_config(PretrainConfig, ROOT / "configs" / "demo.yaml").rcs.fraction
     sweep = {
-        "sweep_name": "demo", "grid": {"rcs.fraction": [load_config(PretrainConfig, ROOT / "configs" / "demo.yaml").rcs.fraction]},
-        "trials": [{"trial_name": "demo-rcs", "params": {}, "run_dir": rcs_dir, "status": "finished"}],
-        "baseline_run_dir": full_dir,
+        "sweep_name": "demo", "grid": {"rcs.fraction": [fraction]},
+        "trials": [{"trial_name": name, "params": {}, "run_dir": d, "status": "finished"}
+                   for name, d in dirs.items() if name != BASELINE],
+        "baseline_run_dir": dirs[BASELINE],
+        "random_run_dir": str(rnd_dir),
     }
     atomic_write_text(sweep_dir / "sweep.json", json.dumps(sweep, indent=2) + "\n")
     from jobs.report import main as report_main

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from jobs._cli import run_job
 from pipeline.report.collect import collect
 from pipeline.report.cost import DEFAULT_MFU, DEFAULT_PRICES_PATH, load_prices
-from pipeline.report.render import render_report
+from pipeline.report.render import near_random_warnings, render_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-type", default="H100", help="GPU type of the full-run projection")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"])
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU of the FLOP model")
+    p.add_argument("--random", default=None,
+                   help="random-encoder dir (jobs.random_encoder); default: a random-init dir in or next to <path>")
     p.add_argument("--out", default=None, help="output dir (default: <path>/report)")
     p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return p
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     prices = None if args.no_prices else load_prices(args.prices)
-    c = collect(args.path, baseline=args.baseline, prices=prices)
+    c = collect(args.path, baseline=args.baseline, prices=prices, random=args.random)
     paths = render_report(c, args.out, prices=prices, gpu_type=args.gpu_type,
                           precision=args.precision, mfu=args.mfu)
     print(f"markdown: {paths.markdown}")
@@ -52,6 +54,8 @@ def _main(argv: list[str]) -> int:
         print(f"figure:   {p}")
     print()
     print(paths.summary_markdown)
+    for line in near_random_warnings(c.rows, c.random_row):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -413,6 +413,13 @@ class LossConfig:
     # several workers: projections all-gathered (with gradients) so NT-Xent, ACL and the AIR/SIR
     # batch-softmaxes range over the global batch, as the authors' DataParallel; false = per worker
     gather: bool = True
+    # Augmentation strength s scale: CL/ACL use s = aug_strength, DynACL/AIR aug_strength * s(e).
+    # 1.0 = the authors (crops down to 10 % of the area); short 32 px runs learn faster with less.
+    aug_strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.aug_strength <= 1.0:
+            raise ConfigError(f"loss.aug_strength must be in [0, 1], got {self.aug_strength}")
 
 
 @dataclass(frozen=True)
@@ -440,6 +447,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RCSConfig:
     enabled: bool = False
+    method: Literal["greedy", "random"] = "greedy"  # random = uniform k-subset, same schedule (control)
     fraction: float = 0.2  # k: coreset size / training-set size
     warmup_epochs: int = 100  # full-data epochs before the first selection
     interval: int = 20  # select every I epochs after warm-up

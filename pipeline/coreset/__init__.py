@@ -19,6 +19,7 @@ from pipeline.coreset.plan import (
     plan_selection,
     take_sizes,
 )
+from pipeline.coreset.random_k import random_coreset
 from pipeline.coreset.sat import SATScorer, select_coreset_sat
 from pipeline.coreset.select import (
     ACLScorer,

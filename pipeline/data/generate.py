@@ -1,9 +1,11 @@
 """A small generated dataset written IN THE IMAGENET-32 RELEASE FORMAT (spec §2.5).
 
 Writing the release format (not parquet directly) means demos and tests exercise the real
-converter. Classes are shapes/patterns: the label is the *shape*; foreground/background colours,
-position, scale, period, phase and noise are random "style". So a tiny CNN learns it, and
-contrastive learning with colour jitter (which destroys colour cues) has to learn shape.
+converter. Classes are shapes/patterns: the label is the *shape*; position, scale, period, phase,
+polarity (light on dark or dark on light), a small colour tint, a brightness ramp and pixel noise
+are random "style". Shapes are high-contrast and large-scale (features that stay put under an
+8/255 perturbation exist), and colour carries little instance identity, so contrastive learning
+has to learn shape to tell images apart.
 
 Classes (in label order, 0-based; files store 1-based labels like the release):
 0 disk, 1 square, 2 triangle, 3 cross, 4 ring, 5 horizontal stripes, 6 vertical stripes,
@@ -80,18 +82,23 @@ def generate_images(num_classes: int, per_class: int, rng: np.random.Generator,
     labels = rng.permutation(np.repeat(np.arange(num_classes, dtype=np.int64), per_class))
     n = len(labels)
     mask = _masks(labels, rng, image_size)[..., None]  # (n,S,S,1)
-    bg = rng.uniform(0, 255, (n, 1, 1, 3)).astype(np.float32)
-    fg = rng.uniform(0, 255, (n, 1, 1, 3)).astype(np.float32)
-    # Keep the shape visible: push a too-similar foreground to the opposite colour.
-    close = np.abs(fg - bg).sum(-1, keepdims=True) < 150
-    fg = np.where(close, 255.0 - bg, fg)
+    # Colours are a weak nuisance on purpose: a dark and a light level (>= 75/255 apart, so the
+    # shape survives an 8/255 or 16/255 perturbation), random polarity and a small tint. Strongly
+    # random colours were the easiest cue for instance discrimination, so contrastive learning
+    # learned colour, not shape (SLF no better than a random encoder; docs/short_budget_search.md).
+    dark = rng.uniform(15, 90, (n, 1, 1, 1)).astype(np.float32)
+    light = rng.uniform(165, 240, (n, 1, 1, 1)).astype(np.float32)
+    tint = rng.uniform(-20, 20, (n, 1, 1, 3)).astype(np.float32)
+    swap = rng.uniform(0, 1, (n, 1, 1, 1)) < 0.5
+    bg = np.where(swap, light, dark) + tint
+    fg = np.where(swap, dark, light) + tint
     img = bg + (fg - bg) * mask
     # A gentle brightness gradient and pixel noise (style, different strength per image).
     gdir = rng.normal(0, 1, (n, 1, 1, 2)).astype(np.float32)
     ramp = np.linspace(-1, 1, image_size, dtype=np.float32)
-    img += 20.0 * (gdir[..., :1] * ramp[None, :, None, None]
+    img += 10.0 * (gdir[..., :1] * ramp[None, :, None, None]
                    + gdir[..., 1:] * ramp[None, None, :, None])
-    sigma = rng.uniform(0, 12, (n, 1, 1, 1)).astype(np.float32)
+    sigma = rng.uniform(0, 8, (n, 1, 1, 1)).astype(np.float32)
     img += rng.normal(0, 1, img.shape).astype(np.float32) * sigma
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), labels
 

@@ -36,6 +36,9 @@ class EvalConfig:
 
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     pgd: AttackConfig = field(default_factory=lambda: AttackConfig(steps=20))  # eval_adv_test
+    # More PGD-20 radii (L-inf, [0,1] pixels), step eps/4 like 2/255 at 8/255: results gain
+    # "pgd20_<eps*255>_acc" (e.g. pgd20_16_acc). Evaluated in this process, after the attacks.
+    pgd_extra_eps: tuple[float, ...] = ()
     aa_version: str = "standard"  # "standard" | "cheap" | "fast" (autoattack_adapter.AA_PRESETS)
     batch_size: int = 128  # also the seeding unit (authors: test batch 128, AA bs 128)
     seed: int = 0
@@ -349,6 +352,18 @@ def evaluate_model(
         "corruptions": None,
         "corruptions_source": None,
     }
+    if cfg.pgd_extra_eps:
+        x = to_float(images, device)
+        y = torch.as_tensor(labels, dtype=torch.int64, device=device)
+        for eps in cfg.pgd_extra_eps:
+            t1 = time.perf_counter()
+            f = pgd_flags(model, x, y, eps=eps, alpha=eps / 4, steps=cfg.pgd.steps,
+                          batch_size=cfg.batch_size, seed=cfg.seed)
+            key = f"pgd20_{round(eps * 255)}"
+            res[f"{key}_acc"] = float(f.float().mean().item())
+            times[key] = time.perf_counter() - t1
+            if progress is not None:
+                progress(f"{key} acc {100 * res[f'{key}_acc']:.2f}% ({times[key]:.1f} s)")
     m = check_attack_order(res["pgd20_acc"], res["aa_acc"], log_fn=progress)  # type: ignore[arg-type]
     warn += [m] if m else []
     if cfg.corruptions != "none":

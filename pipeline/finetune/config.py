@@ -60,6 +60,10 @@ class SLFConfig:
     weight_decay: float = 2e-4
     classifier_init: Literal["zeros", "random"] = "zeros"  # zeros: CIFAR/STL (Q11)
     eval_branch: str = "pgd"  # BN branch kept for the single-BN model (Q12)
+    # Standardise each frozen feature with training-set mean/std before the Linear (folded into
+    # it afterwards). False = the authors' raw features (their recipes set it); True keeps the
+    # probe of an unnormalised encoder (e.g. a random one) from diverging at lr 0.1.
+    standardize: bool = True
 
     def __post_init__(self) -> None:
         _check_mode("slf", self)
@@ -77,6 +81,7 @@ class ALFConfig:
     weight_decay: float = 2e-4
     classifier_init: Literal["zeros", "random"] = "zeros"
     eval_branch: str = "pgd"
+    standardize: bool = True  # as SLFConfig.standardize
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=10))  # uniform start
 
     def __post_init__(self) -> None:
@@ -247,6 +252,8 @@ def preset_dict(method: str, dataset: str, resize: int = 32, *, cascade: bool = 
         else:
             vals = {**CLI_DEFAULTS, **ch}
         out[mode.lower()] = {k: (list(v) if isinstance(v, list) else v) for k, v in vals.items()}
+    for mode in ("slf", "alf"):
+        out[mode]["standardize"] = False  # the authors probe raw features
     return out
 
 

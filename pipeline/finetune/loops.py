@@ -32,6 +32,7 @@ from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.modes import (
     as_device_arrays,
     build_finetune_model,
+    fit_feature_norm,
     finalize_for_eval,
     make_optimizer,
     run_epoch,
@@ -62,6 +63,9 @@ def use_stream(cfg: FinetuneConfig, indices: list[int] | None) -> bool:
     return n > cfg.data.stream_above
 
 
+NORM_SAMPLE_ROWS = 8192  # streamed fine-tuning: images behind the standardised probe's mean / std
+
+
 def _stream_loop(cfg: FinetuneConfig, config: dict[str, Any], encoder: torch.nn.Module, mode: str,
                  mcfg: Any, rank: int, world: int, device: torch.device) -> None:
     """The worker loop over streamed batches (memory bounded by the shuffle buffer)."""
@@ -75,6 +79,20 @@ def _stream_loop(cfg: FinetuneConfig, config: dict[str, Any], encoder: torch.nn.
     num_classes = int(config.get("num_classes") or cfg.data.num_classes or m.num_classes)
     torch.manual_seed(cfg.train.seed)
     model = build_finetune_model(encoder, mode, mcfg, num_classes).to(device)
+    # the standardised probe's statistics from a bounded sample, the same one on every rank
+    # (world=1 stream of epoch 0): memory stays O(sample), not O(dataset)
+    sample, have = [], 0
+    for x, _, _ in stream_batches(m, 256, seed=cfg.train.seed, epoch=0, indices=indices, rank=0, world=1,
+                                  buffer_rows=cfg.data.shuffle_buffer, s3_endpoint=ep):
+        sample.append(torch.as_tensor(x))
+        have += len(x)
+        if have >= NORM_SAMPLE_ROWS:
+            break
+    xs = torch.cat(sample)
+    if xs.shape[-1] == 3:  # (N,H,W,3) -> (N,3,H,W)
+        xs = xs.permute(0, 3, 1, 2).contiguous()
+    fit_feature_norm(model, xs.to(device))
+    del sample, xs
     module = training_module(model, mode, mcfg)
     if world > 1:
         # [2] DDP over the trainable parameters (frozen ones are skipped by DDP)
@@ -140,12 +158,13 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     num_classes = int(config.get("num_classes") or cfg.data.num_classes or int(y_np.max()) + 1)
     torch.manual_seed(cfg.train.seed)
     model = build_finetune_model(encoder, mode, mcfg, num_classes).to(device)
+    x, y = as_device_arrays(x_np, y_np, device)
+    fit_feature_norm(model, x)  # before DDP: every rank computes the same statistics
     module = training_module(model, mode, mcfg)
     if world > 1:
         # [2] DDP over the trainable parameters (frozen ones are skipped by DDP)
         module = ray.train.torch.prepare_model(module, move_to_device=False)
     opt, sched = make_optimizer(model, mcfg)
-    x, y = as_device_arrays(x_np, y_np, device)
 
     def log(line: str) -> None:
         if rank == 0:  # not print(): Ray Train V2's print patch would show every line twice

@@ -47,6 +47,50 @@ def _linear(in_dim: int, num_classes: int, init: str, like: nn.Module) -> nn.Lin
     return fc
 
 
+class StandardizedLinear(nn.Linear):
+    """Linear on standardised features: ``W ((x - mean) / std) + b`` with frozen statistics.
+
+    A frozen encoder's features can be on any scale (a randomly initialised ResNet's reach
+    hundreds), and SGD at lr 0.1 on raw features then diverges (loss 130-240 seen). Standardising
+    each feature with training-set statistics makes the probe's step size mean the same thing for
+    every encoder. :meth:`fold` turns it into a plain ``nn.Linear`` computing the same function
+    (W' = W / std, b' = b - W' mean), so exported classifiers keep the usual layout.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("inv_std", torch.ones(in_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear((x - self.mean) * self.inv_std, self.weight, self.bias)
+
+    def fold(self) -> nn.Linear:
+        fc = nn.Linear(self.in_features, self.out_features).to(self.weight)
+        with torch.no_grad():
+            w = self.weight * self.inv_std
+            fc.weight.copy_(w)
+            fc.bias.copy_(self.bias - w @ self.mean)
+        return fc
+
+
+@torch.no_grad()
+def fit_feature_norm(model: nn.Module, images: Tensor, batch_size: int = 256) -> None:
+    """Set a StandardizedLinear head's mean / 1/std from the encoder's features of ``images``
+    (uint8 (N,3,H,W), un-augmented, encoder in eval mode). A no-op for any other head."""
+    head = unwrap(model).head
+    if not isinstance(head, StandardizedLinear):
+        return
+    core = unwrap(model)
+    was = core.training
+    core.eval()
+    feats = torch.cat([core.features(images[i:i + batch_size].float() / 255.0)
+                       for i in range(0, len(images), batch_size)]).double()
+    core.train(was)
+    head.mean.copy_(feats.mean(0).to(head.mean))
+    head.inv_std.copy_((1.0 / (feats.std(0) + 1e-5)).to(head.inv_std))
+
+
 def build_finetune_model(encoder: nn.Module, mode: str, cfg: ModeConfig, num_classes: int) -> nn.Module:
     """A fresh classifier for `mode` from a pre-trained encoder (the encoder is not modified).
 
@@ -60,6 +104,10 @@ def build_finetune_model(encoder: nn.Module, mode: str, cfg: ModeConfig, num_cla
         replace_head(model, _linear(model.feat_dim, num_classes, cfg.classifier_init, model))
     else:
         model = make_classifier(encoder, num_classes, branch=cfg.eval_branch, init=cfg.classifier_init)
+        if mode in ("SLF", "ALF") and getattr(cfg, "standardize", False):
+            fc = StandardizedLinear(model.feat_dim, num_classes).to(next(model.parameters()))
+            fc.load_state_dict(model.head.state_dict(), strict=False)  # same init as the plain head
+            model.head = fc
     for p in model.parameters():
         p.requires_grad_(mode == "AFF")
     for p in model.head.parameters():
@@ -242,6 +290,8 @@ def finalize_for_eval(model: nn.Module, cfg: ModeConfig) -> nn.Module:
     """Single-BN copy through cfg.eval_branch (AFF dual-BN, Q12), eval mode, grads off."""
     model = unwrap(model)
     out = to_single_bn(model, cfg.eval_branch) if is_dual(model) else copy.deepcopy(model)
+    if isinstance(out.head, StandardizedLinear):
+        out.head = out.head.fold()
     for p in out.parameters():
         p.requires_grad_(False)
     return out.eval()
@@ -269,6 +319,7 @@ def finetune(
     torch.manual_seed(seed)  # only matters for classifier_init="random"
     model = build_finetune_model(encoder, mode, cfg, num_classes).to(device)
     x, y = as_device_arrays(images, labels, device)
+    fit_feature_norm(model, x)
     module = training_module(model, mode, cfg)
     opt, sched = make_optimizer(model, cfg)
     history = []

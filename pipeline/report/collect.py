@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def normalise_accuracies(results: dict[str, Any], source: str) -> dict[str, Any]
     """Accuracies to percent. A file is in percent if any accuracy exceeds 1, else fractions."""
     out = dict(results)
     vals = {}
-    for k in ACC_KEYS:
+    extra = [k for k in results if re.fullmatch(r"pgd20_\d+_acc", k)]  # EvalConfig.pgd_extra_eps
+    for k in (*ACC_KEYS, *extra):
         v = results.get(k)
         if v is None:
             continue
@@ -372,9 +374,38 @@ class Collected:
     path: Path
     rows: list[ReportRow]
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    # The randomly initialised encoder under the same fine-tuning and attacks (None = not found):
+    # a row that pre-training must beat, so "nothing was learned" is visible at a glance.
+    random_row: Optional[ReportRow] = None
 
     def runs(self) -> list[RunRecord]:
         return [r.run for r in self.rows if r.run is not None]
+
+
+RANDOM_DIR_NAME = "random-init"  # default place of the random-encoder evaluation next to runs
+
+
+def random_row(run_dir: Optional[Path]) -> Optional[ReportRow]:
+    """The random-encoder row from a ``jobs.random_encoder`` dir (None when there is none)."""
+    if run_dir is None or not (Path(run_dir) / "summary.json").is_file():
+        return None
+    run = load_run(run_dir)
+    row = make_row(run, name="random encoder (untrained)")
+    row.wall_time_s, row.measured, row.ideal, row.epochs = 0.0, None, None, 0
+    return row
+
+
+def _find_random(d: Path, explicit: str | os.PathLike | None, listed: Any = None) -> Optional[Path]:
+    if explicit is not None:
+        if not (Path(explicit) / "summary.json").is_file():
+            raise ReportError(f"{explicit}: no summary.json (not a random-encoder dir)")
+        return Path(explicit)
+    if listed:
+        return _resolve_run_dir(d, str(listed))
+    for cand in (d / RANDOM_DIR_NAME, d.parent / RANDOM_DIR_NAME):
+        if (cand / "summary.json").is_file():
+            return cand
+    return None
 
 
 def collect(
@@ -382,12 +413,19 @@ def collect(
     baseline: str | os.PathLike | None = None,
     prices: Optional[PriceTable] = None,
     sel_share: Optional[float] = None,
+    random: str | os.PathLike | None = None,
 ) -> Collected:
-    """Collect a run dir (has ``summary.json``) or a sweep dir (has ``sweep.json``)."""
+    """Collect a run dir (has ``summary.json``) or a sweep dir (has ``sweep.json``).
+
+    ``random``: the random-encoder dir; default ``sweep.json``'s ``random_run_dir``, else a
+    ``random-init`` dir in the folder or next to it.
+    """
     d = Path(path)
     if not d.is_dir():
         raise ReportError(f"not a directory: {d}")
     if (d / "sweep.json").is_file():
+        listed = (_read_json(d / "sweep.json") or {}).get("random_run_dir")
+        rnd = random_row(_find_random(d, random, listed))
         sw = load_sweep(d, baseline)
         rows = []
         if sw.baseline is not None:
@@ -396,7 +434,7 @@ def collect(
         for t in sw.trials:
             rows.append(make_row(t.run, name=t.name, status=t.status, params=t.params,
                                  baseline=sw.baseline, prices=prices, sel_share=sel_share))
-        return Collected("sweep", sw.name, d, rows, dict(sw.grid))
+        return Collected("sweep", sw.name, d, rows, dict(sw.grid), rnd)
     if (d / "summary.json").is_file():
         run = load_run(d)
         base = load_run(baseline) if baseline is not None else None
@@ -404,7 +442,7 @@ def collect(
         if base is not None:
             rows.append(make_row(base, name=f"{base.name} (baseline)", is_baseline=True, prices=prices))
         rows.append(make_row(run, name=run.name, baseline=base, prices=prices, sel_share=sel_share))
-        return Collected("run", run.name, d, rows)
+        return Collected("run", run.name, d, rows, random_row=random_row(_find_random(d, random)))
     raise ReportError(f"{d}: neither sweep.json nor summary.json found (not a run or sweep dir)")
 
 

@@ -118,17 +118,51 @@ def modes_present(rows: Sequence[ReportRow]) -> list[str]:
     return found or ["SLF"]
 
 
+RANDOM_NAME = "random encoder (untrained)"
+NEAR_RANDOM_POINTS = 2.0  # warn when SLF clean accuracy is within this of the random encoder's
+
+
+def with_random_row(rows: Sequence[ReportRow], random: Optional[ReportRow]) -> list[ReportRow]:
+    """``rows`` with the random-encoder row first (an n/a row when it was not evaluated)."""
+    if random is None:
+        random = ReportRow(RANDOM_NAME, "not evaluated", False, False, None, None, None, None,
+                           None, None, None, None, None, None, None, "", {}, None)
+    return [random, *rows]
+
+
+def near_random_warnings(rows: Sequence[ReportRow], random: Optional[ReportRow]) -> list[str]:
+    """One line per run whose SLF clean accuracy is within 2 points of (or below) random's."""
+    base = (random.evals.get("SLF", {}) if random else {}).get("clean_acc")
+    if base is None:
+        return []
+    out = []
+    for r in rows:
+        acc = r.evals.get("SLF", {}).get("clean_acc")
+        if acc is not None and acc - base < NEAR_RANDOM_POINTS:
+            out.append(f"WARNING: {r.name}: SLF clean accuracy {acc:.2f} % is within "
+                       f"{NEAR_RANDOM_POINTS:g} points of the random encoder's {base:.2f} %: "
+                       f"pre-training learned (almost) nothing a linear probe can use.")
+    return out
+
+
 def summary_table(rows: Sequence[ReportRow], currency: str = "USD") -> Table:
     """Per run: settings, time, hours, cost, speed-ups, accuracies (percent) per mode."""
     modes = modes_present(rows)
     headers = ["Run", "Status", "k", "Warm-up", "Every", "Epochs", "Wall", "Worker-h", "GPU-h",
                f"Cost ({currency})", "Speed-up (measured)", "Speed-up (ideal)"]
+    extra = sorted({k for r in rows for ev in r.evals.values() for k in ev
+                    if k.startswith("pgd20_") and k.endswith("_acc") and k != "pgd20_acc"},
+                   key=lambda k: int(k.split("_")[1]))  # more PGD-20 radii, when evaluated
     for m in modes:
-        headers += [f"{m} SA", f"{m} PGD-20", f"{m} AA"]
+        headers += [f"{m} SA", f"{m} PGD-20"]
+        headers += [f"{m} PGD-20@{k.split('_')[1]}" for k in extra]
+        headers += [f"{m} AA"]
     headers.append("Corruption acc")
     out = []
     for r in rows:
         k = "full" if not r.rcs_enabled and r.run is not None else fmt(r.fraction, 2)
+        if r.run is not None and r.run.summary.get("random_init"):
+            k = NA
         cells = [
             r.name,
             r.status or NA,
@@ -145,7 +179,9 @@ def summary_table(rows: Sequence[ReportRow], currency: str = "USD") -> Table:
         ]
         for m in modes:
             ev = r.evals.get(m, {})
-            cells += [fmt(ev.get("clean_acc")), fmt(ev.get("pgd20_acc")), fmt(ev.get("aa_acc"))]
+            cells += [fmt(ev.get("clean_acc")), fmt(ev.get("pgd20_acc"))]
+            cells += [fmt(ev.get(k)) for k in extra]
+            cells += [fmt(ev.get("aa_acc"))]
         corr = next(((m, r.evals[m]["mean_corruption_acc"]) for m in EVAL_MODES
                      if r.evals.get(m, {}).get("mean_corruption_acc") is not None), None)
         cells.append(NA if corr is None else f"{corr[1]:.2f} ({corr[0]})")
@@ -489,8 +525,16 @@ def build_sections(
 ) -> tuple[list[Section], dict[str, Path], Table]:
     """All report sections (figures are written into ``out`` on the way)."""
     currency = prices.currency if prices else "USD"
-    summary = summary_table(c.rows, currency)
+    summary = summary_table(with_random_row(c.rows, c.random_row), currency)
     s0 = Section(SECTION_TITLES[0], [summary])
+    warnings = near_random_warnings(c.rows, c.random_row)
+    if warnings:
+        s0.blocks.insert(0, warnings)
+    if c.random_row is None:
+        s0.blocks.append(f"{RANDOM_NAME}: {NA}: no random-init dir found. Make one with "
+                         "`python -m jobs.random_encoder --config CFG --out DIR/random-init` and fine-tune "
+                         "it per mode like the runs (`python -m jobs.finetune --checkpoint DIR/random-init/encoder.pt "
+                         "--mode SLF ... --out DIR/random-init/eval/SLF`).")
     if not any(r.measured and r.measured.value is not None for r in c.rows if not r.is_baseline):
         s0.blocks.append(f"Measured speed-up: {NA} without a full-data baseline (pass --baseline DIR).")
     notes = sorted({f"{r.name}: {r.measured.note}" for r in c.rows if r.measured and r.measured.note}

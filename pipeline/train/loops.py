@@ -38,9 +38,9 @@ def build_pretrain_model(cfg: PretrainConfig) -> torch.nn.Module:
 def schedule_values(cfg: PretrainConfig, epoch: int) -> tuple[float, float]:
     """(strength s, ACL weight omega) for a 1-based epoch (spec §2.3); DynAug for dynacl/air."""
     if cfg.loss.mode in ("dynacl", "air"):
-        s = dynaug_strength(epoch, cfg.train.epochs, cfg.loss.dynaug_period)
+        s = cfg.loss.aug_strength * dynaug_strength(epoch, cfg.train.epochs, cfg.loss.dynaug_period)
         return s, acl_weight(epoch, cfg.train.epochs, cfg.loss.dynaug_period, cfg.loss.dynaug_lambda)
-    return 1.0, 0.0
+    return cfg.loss.aug_strength, 0.0
 
 
 def step_settings(cfg: PretrainConfig, epoch: int, device: torch.device) -> StepSettings:

@@ -258,10 +258,14 @@ class SegmentedRun:
         self.log(f"run {self.name} -> {self.run_dir}\n{dump_yaml(cfg)}")
 
     def _split(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-        """Disjoint train / validation indices; validation is only used by RCS (spec §5.1)."""
+        """Disjoint train / validation indices; validation is only used by RCS (spec §5.1).
+
+        The same images are held out with RCS on or off, so a full-data baseline and its RCS run
+        train on the same pool (like with like); data.holdout=false trains both on everything.
+        """
         cfg = self.cfg
         everything = np.arange(manifest.count, dtype=np.int64)
-        if not cfg.rcs.enabled or cfg.data.val_fraction <= 0:
+        if cfg.data.val_fraction <= 0:
             return everything, np.zeros(0, np.int64)
         train_idx, val_idx = split_by_index(manifest, cfg.data.val_fraction, cfg.train.seed)
         if not cfg.data.holdout:
@@ -401,6 +405,14 @@ class SegmentedRun:
         print(f"[rcs] epoch {epoch}: selecting {cfg.rcs.fraction:.0%} of {len(train_idx)} "
               f"(validation {len(val_idx)})", flush=True)
         t0 = time.perf_counter()
+        if cfg.rcs.method == "random":  # the control: no model, no scoring
+            from pipeline.coreset import random_coreset
+
+            idx = random_coreset(train_idx, cfg.rcs.fraction, selection_seed(cfg.train.seed, epoch))
+            dt = time.perf_counter() - t0
+            print(f"[rcs] epoch {epoch}: random {len(idx)} in {dt:.3f}s", flush=True)
+            return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt, "method": "random",
+                         "fraction": len(idx) / max(len(train_idx), 1)}
         res = select_coreset_ray(
             net, manifest_uri=cfg.data.manifest, train_indices=train_idx, val_indices=val_idx,
             spec=self.spec.selection_spec(epoch), round_seed=selection_seed(cfg.train.seed, epoch),

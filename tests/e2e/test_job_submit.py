@@ -106,9 +106,10 @@ def test_demo_through_ray_job_submit(ray_head, tmp_path):
     table = [ln for ln in summary.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
-    assert sorted(r[0] for r in rows) == ["demo-full (baseline)", "demo-rcs"], summary
-    acc_cols = [i for i, h in enumerate(header) if h.split()[-1] in ("SA", "PGD-20", "AA")]
-    assert len(acc_cols) == 9, header  # SLF / ALF / AFF x (SA, PGD-20, AA)
+    assert [r[0] for r in rows] == ["random encoder (untrained)", "demo-acl (baseline)", "demo-cl", "demo-air",
+                                    "demo-acl-rcs", "demo-acl-randk"], summary
+    acc_cols = [i for i, h in enumerate(header) if h.startswith("SLF ")]
+    assert [header[i] for i in acc_cols] == ["SLF SA", "SLF PGD-20", "SLF PGD-20@16", "SLF AA"], header
     for row in rows:
         assert row[header.index("Status")] == "finished"
         accs = [float(row[i]) for i in acc_cols]

@@ -62,7 +62,9 @@ def test_linear_modes_train_only_the_classifier(mode, cfg):
     before = _snapshot(model)
     out, hist = finetune(enc, x, y, mode, cfg, num_classes=3, seed=0)
     after = out.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # the exported head is a plain Linear (the standardisation is folded into it)
+    assert set(after) <= set(before) and not any(k.startswith("head.") and k not in ("head.weight", "head.bias") for k in after)
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
     assert changed == {"head.weight", "head.bias"}  # BN running stats included in "unchanged"
     assert hist[0]["steps"] == 3 and np.isfinite(hist[0]["loss"])
     # the pre-trained encoder object is untouched
@@ -220,3 +222,27 @@ def test_streamed_epoch_equals_in_memory_epoch_on_the_same_batches(mode, cfg):
     assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-6)
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-6)
+
+
+def test_standardized_probe_folds_exactly_and_keeps_a_random_encoder_stable():
+    """A random ResNet's raw features are large; the standardised probe at lr 0.1 stays finite
+    and its folded nn.Linear computes the same logits as the standardised one."""
+    from pipeline.finetune.modes import StandardizedLinear, fit_feature_norm
+
+    enc = _encoder()
+    x, y = _data()
+    cfg = SLFConfig(epochs=2, batch_size=8, lr=0.1, milestones=(5,))
+    model = build_finetune_model(enc, "SLF", cfg, num_classes=3)
+    assert isinstance(model.head, StandardizedLinear)
+    xt = torch.as_tensor(x).permute(0, 3, 1, 2).contiguous() if x.shape[-1] == 3 else torch.as_tensor(x)
+    fit_feature_norm(model, xt)
+    torch.nn.init.normal_(model.head.weight)
+    model.eval()
+    with torch.no_grad():
+        f = model.features(xt.float() / 255)
+        ref = model.head(f)
+        folded = model.head.fold()(f)
+    assert isinstance(model.head.fold(), torch.nn.Linear)
+    assert torch.allclose(ref, folded, atol=1e-4, rtol=1e-4)
+    _, hist = finetune(enc, x, y, "SLF", cfg, num_classes=3, seed=0)
+    assert all(np.isfinite(h["loss"]) and h["loss"] < 5.0 for h in hist)
