@@ -1,9 +1,15 @@
 """Cost / speed-up / robustness report for a run dir or a sweep dir.
 
-Locally (the dirs must be on a local disk; for s3:// storage, `aws s3 sync` them first):
+Locally, or straight from object storage:
 
     python -m jobs.report runs/my-sweep --prices cluster/prices.yaml --gpu-type H100
     python -m jobs.report runs/rcs-run --baseline runs/full-run --out /tmp/report
+    python -m jobs.report s3://bucket/runs/my-sweep            # report -> s3://bucket/runs/my-sweep/report/
+    python -m jobs.report s3://bucket/runs/rcs-run --out /tmp/report --s3-endpoint http://minio:9000
+
+For ``s3://`` paths only the small files the report reads are downloaded (summary.json,
+config.yaml, metrics.jsonl, sweep.json, eval/*/results.json; never checkpoints), into a temp
+folder; the report is written back to ``<path>/report/`` (or ``--out``, local or s3://).
 
 On a cluster (the report reads the head node's storage folder):
 
@@ -18,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 from pipeline.config import ConfigError
+from pipeline.data.storage import DataError, is_s3, join_uri
 from pipeline.report.collect import ReportError, collect
 from pipeline.report.cost import DEFAULT_MFU, DEFAULT_PRICES_PATH, load_prices
+from pipeline.report.remote import mirror, upload_dir
 from pipeline.report.render import render_report
 
 
@@ -35,24 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-type", default="H100", help="GPU type of the full-run projection")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"])
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU of the FLOP model")
-    p.add_argument("--out", default=None, help="output dir (default: <path>/report)")
+    p.add_argument("--out", default=None, help="output dir, local or s3:// (default: <path>/report)")
+    p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        prices = None if args.no_prices else load_prices(args.prices)
-        c = collect(args.path, baseline=args.baseline, prices=prices)
-        paths = render_report(c, args.out, prices=prices, gpu_type=args.gpu_type,
-                              precision=args.precision, mfu=args.mfu)
-    except (ReportError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"markdown: {paths.markdown}")
-    print(f"html:     {paths.html}")
+    with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+        try:
+            prices = None if args.no_prices else load_prices(args.prices)
+            path, baseline, out = args.path, args.baseline, args.out
+            remote_out = None
+            if is_s3(path):  # read the inputs from object storage, write the report back there
+                path = str(mirror(path, Path(tmp) / "in", s3_endpoint=args.s3_endpoint))
+                remote_out = out if out is not None else join_uri(args.path, "report")
+            if baseline is not None and is_s3(baseline):
+                baseline = str(mirror(baseline, Path(tmp) / "baseline", s3_endpoint=args.s3_endpoint))
+            if out is not None and is_s3(out):
+                remote_out = out
+            if remote_out is not None:
+                out = str(Path(tmp) / "out") if out is None or is_s3(out) else out
+            c = collect(path, baseline=baseline, prices=prices)
+            paths = render_report(c, out, prices=prices, gpu_type=args.gpu_type,
+                                  precision=args.precision, mfu=args.mfu)
+            if remote_out is not None and is_s3(remote_out):
+                uploaded = upload_dir(paths.dir, remote_out, s3_endpoint=args.s3_endpoint)
+                shown = {Path(u).name: u for u in uploaded}
+            else:
+                shown = {}
+        except (ReportError, ConfigError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(f"markdown: {shown.get(paths.markdown.name, paths.markdown)}")
+    print(f"html:     {shown.get(paths.html.name, paths.html)}")
     for name, p in sorted(paths.figures.items()):
-        print(f"figure:   {p}")
+        print(f"figure:   {shown.get(p.name, p)}")
     print()
     print(paths.summary_markdown)
     return 0
