@@ -70,3 +70,29 @@ def test_aff_two_ddp_workers(ray_local, tmp_path):
     res = run_finetune(cfg, tmp_path / "out2", use_ray=True, log=lambda s: None)
     assert res[0]["mode"] == "AFF" and 0 <= res[0]["clean_acc"] <= 1
     assert res[0]["n_examples"] == 8
+
+
+def test_mode_all_concurrent_tasks_match_sequential(ray_local, tmp_path):
+    """--mode ALL as three concurrent Ray tasks: the same accuracies and classifier weights as the
+    sequential in-process path (seeds fixed, one intra-op thread on both sides)."""
+    from pipeline.finetune.driver import run_finetune
+    from pipeline.models import load_encoder
+
+    _setup(tmp_path)
+    cfg = _cfg(tmp_path, "ALL", 0)
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    conc = run_finetune(cfg, tmp_path / "conc", use_ray=True, log=lines.append)
+    assert any("as 3 concurrent Ray tasks" in ln for ln in lines)
+    seq = run_finetune(cfg, tmp_path / "seq", use_ray=False, log=lambda s: None)
+    assert [r["mode"] for r in conc] == [r["mode"] for r in seq] == ["SLF", "ALF", "AFF"]
+    for a, b in zip(conc, seq):
+        assert a["clean_acc"] == b["clean_acc"] and a["pgd20_acc"] == b["pgd20_acc"], a["mode"]
+        ma, _ = load_encoder(tmp_path / "conc" / f"{a['mode']}.pt")
+        mb, _ = load_encoder(tmp_path / "seq" / f"{a['mode']}.pt")
+        for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+            assert torch.equal(va, vb), (a["mode"], k)
+    log = (tmp_path / "conc" / "log.txt").read_text().splitlines()
+    assert [ln.split(":")[0] for ln in log[1:7]] == [
+        "SLF standard acc", "SLF PGD20 acc", "ALF standard acc", "ALF PGD20 acc",
+        "AFF standard acc", "AFF PGD20 acc"]
