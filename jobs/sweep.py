@@ -28,7 +28,7 @@ After pre-training each trial's encoder is fine-tuned (SLF) and attacked (PGD-20
 ``--eval-config`` is a FinetuneConfig YAML (default: jobs/configs/finetune_smoke.yaml, tiny:
 numbers for demos only), ``--eval-set a.b=v`` overrides it, ``--no-eval`` skips it.
 Early stopping: ``--scheduler asha`` (or a ``scheduler:`` block in the grid file, see
-jobs/configs/sweep_demo_asha.yaml) stops trials with Ray Tune's ASHAScheduler on a per-epoch
+jobs/configs/grids/sweep_demo_asha.yaml) stops trials with Ray Tune's ASHAScheduler on a per-epoch
 metric (``--asha-metric``, default the training loss, ``--asha-mode min``) at rungs of
 ``--grace-period`` x ``--reduction-factor``^k epochs; stopped trials are not evaluated and are
 marked "stopped" in sweep.json and the report. The baseline is never stopped.

@@ -190,7 +190,7 @@ def test_tune_sweep_grid_plus_baseline(ray_local, tmp_path):
 def test_scheduler_block_of_the_grid_file(tmp_path):
     from pipeline.tune.spaces import SchedulerSettings, load_grid_file, load_scheduler
 
-    demo = ROOT / "jobs" / "configs" / "sweep_demo_asha.yaml"
+    demo = ROOT / "jobs" / "configs" / "grids" / "sweep_demo_asha.yaml"
     assert load_grid_file(demo) == {"rcs.fraction": [0.2, 0.4], "rcs.warmup_epochs": [1, 2]}
     assert load_scheduler(demo) == SchedulerSettings("asha", "loss", "min", 1, 2)
     bad = tmp_path / "g.yaml"
