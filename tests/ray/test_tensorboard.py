@@ -59,3 +59,22 @@ def test_event_files_hold_every_epoch_metric(ray_local, tmp_path):
     assert tags["selection/time_s"][2] == pytest.approx(sel["time_s"], rel=1e-5)
     assert tags["eval/SLF/pgd20_acc"] == {2: 0.25}
     assert tags["run/wall_time_s"][2] == pytest.approx(summary["wall_time_s"], rel=1e-5)
+
+
+def test_event_log_on_s3_uploads_after_every_flush(s3_server):
+    """s3:// run dirs: events go to a temp dir and each flush replaces the object (no Ray)."""
+    from pipeline.tblog import EpochLog, log_run_summary, read_scalars
+
+    run = s3_server.uri("runs") + "/tb-s3"
+    ep = s3_server.endpoint_url
+    log = EpochLog(run, ep)
+    log.epoch({"epoch": 1, "loss": 2.5, "lr": 0.1, "status": "ok", "coreset_size": None})
+    first = read_scalars(run, s3_endpoint=ep)
+    assert sorted(first) == ["train/loss", "train/lr"] and first["train/loss"] == {1: 2.5}
+    log.epoch({"epoch": 2, "loss": 2.0, "lr": 0.05})
+    log.close()
+    log_run_summary(run, {"epochs": 2, "wall_time_s": 9.0, "rcs": {"selections": [
+        {"epoch": 2, "size": 10, "time_s": 1.0, "fraction": 0.5}]}}, {"SLF": {"pgd20_acc": 0.3}}, s3_endpoint=ep)
+    tags = read_scalars(run, s3_endpoint=ep)
+    assert tags["train/loss"] == {1: 2.5, 2: 2.0} and tags["selection/size"] == {2: 10.0}
+    assert tags["eval/SLF/pgd20_acc"][2] == pytest.approx(0.3) and tags["run/wall_time_s"] == {2: 9.0}
