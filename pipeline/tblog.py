@@ -29,6 +29,8 @@ import os
 import shutil
 import struct
 import tempfile
+import time
+import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import pyarrow.fs as pafs
@@ -50,22 +52,31 @@ def _numeric(v: Any) -> Optional[float]:
 
 
 class EventLog:
-    """A tensorboardX ``SummaryWriter`` on ``<run_dir>/tb`` (local, or s3:// through a temp dir)."""
+    """One event file in ``<run_dir>/tb`` (local, or s3:// through a temp dir), written synchronously.
+
+    tensorboardX's ``SummaryWriter`` queues events for a background thread and its ``flush`` does
+    not wait for that queue, so a flushed file could miss the newest epoch; this writes each
+    record itself (tensorboardX's ``EventsWriter``, no thread) and flushes once per call.
+    """
 
     def __init__(self, run_dir: str, *, s3_endpoint: Optional[str] = None) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
         self.run_dir, self.endpoint = run_dir, s3_endpoint
         self.remote = is_s3(run_dir)
         self.local = tempfile.mkdtemp(prefix="tb-") if self.remote else os.path.join(run_dir, TB_DIR)
-        # flush_secs large: this class flushes itself once per epoch (cheap, one small write)
-        self.writer = SummaryWriter(self.local, flush_secs=3600)
+        os.makedirs(self.local, exist_ok=True)
+        # pid + random suffix: two writers opened in the same second never share a file
+        self.writer = EventsWriter(os.path.join(self.local, "events"), f".{os.getpid()}.{uuid.uuid4().hex[:6]}")
 
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
-        for k, v in values.items():
-            x = _numeric(v)
-            if x is not None and k not in SKIP_KEYS:
-                self.writer.add_scalar(f"{prefix}/{k}", x, step)
+        from tensorboardX.proto import event_pb2, summary_pb2
+
+        vals = [summary_pb2.Summary.Value(tag=f"{prefix}/{k}", simple_value=x) for k, v in values.items()
+                if k not in SKIP_KEYS and (x := _numeric(v)) is not None]
+        if vals:
+            self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                    summary=summary_pb2.Summary(value=vals)))
 
     def flush(self) -> None:
         self.writer.flush()
