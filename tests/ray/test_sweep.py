@@ -236,3 +236,24 @@ def test_asha_stops_the_worse_trial(ray_local, tmp_path):
     assert not (tmp_path / "runs" / "asha" / "lr2" / "summary.json").exists()  # never finished
     c = collect(tmp_path / "runs" / "asha")
     assert [(r.name, r.status) for r in c.rows] == [("lr0.5", "finished"), ("lr2", "stopped")]
+
+
+def test_asha_replay_on_a_finished_grid(tmp_path):
+    """Ray's ASHA bracket replayed on per-epoch Tune results: who stops where, compute saved."""
+    from pipeline.tune.asha_replay import replay
+
+    sw = tmp_path / "grid"
+    losses = {"a": [3.0, 2.0, 1.0], "b": [4.0, 3.5, 3.0], "c": [2.5, 2.5, 2.0]}
+    pgd = {"a": 0.30, "b": 0.40, "c": 0.20}
+    for name, ls in losses.items():
+        (sw / f"tune-{name}").mkdir(parents=True)
+        rows = [{"epoch": e, "loss": v, "time_total_s": 10.0 * e} for e, v in enumerate(ls, start=1)]
+        rows.append({"final": True, "epoch": 3, "loss": ls[-1], "time_total_s": 40.0})
+        (sw / f"tune-{name}" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (sw / "sweep.json").write_text(json.dumps({"sweep_name": "grid", "base_config": {"train": {"epochs": 3}},
+        "trials": [{"trial_name": n, "metrics": {"slf_pgd20_acc": pgd[n]}} for n in losses]}))
+    r = replay(sw, metric="loss", mode="min", grace_period=1, reduction_factor=2)
+    assert [t["stopped_at_epoch"] for t in r["trials"]] == [None, 1, 2]  # b at rung 1, c at rung 2
+    assert r["grid_trial_s"] == 120.0 and r["asha_trial_s"] == 40.0 + 10.0 + 20.0
+    assert r["saved_fraction"] == pytest.approx(1 - 70 / 120, abs=1e-3)
+    assert r["best_grid"] == "b" and r["best_asha"] == "a" and not r["same_best"]
