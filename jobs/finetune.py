@@ -13,6 +13,9 @@ On a running cluster (RAY_ADDRESS is set by the job; see stack-feasibility G2 fo
         --dataset s3://bucket/cifar10-train --mode ALL --num-workers 2 --use-gpu --out /abs/out
 
 Without Ray at all (same per-epoch code, e.g. a GPU box): add ``--no-ray``.
+With Ray, ``--mode ALL`` runs SLF / ALF / AFF as three concurrent Ray tasks (scaling.cpus_per_worker
+CPUs each, one GPU each with --use-gpu; same numbers as --no-ray); ``--train.concurrent_modes=false``
+(or --num-workers 2+, DDP per mode) runs them one after another.
 The checkpoint is our export (save_encoder) or an authors' file (auto-detected; describe the
 architecture with --model.* overrides). Without --test-dataset the train manifest is split by
 index (data.test_fraction). Any config key can be overridden as --section.key=value.

@@ -35,7 +35,11 @@ def _main(argv: list[str]) -> int:
     from pipeline.train.driver import run_pretrain  # heavy imports after argument checks
 
     res = run_pretrain(cfg)
+    from pipeline.tblog import log_finished_run
+
+    log_finished_run(res.run_dir, s3_endpoint=cfg.data.s3_endpoint or None)  # selection events, totals
     print(f"encoder: {res.encoder_path}")
+    print(f"tensorboard: tensorboard --logdir {res.run_dir}")
     print(f"run dir: {res.run_dir}")
     return 0
 

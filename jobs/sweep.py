@@ -27,6 +27,11 @@ full-data baseline (``rcs.enabled=false``) runs as trial ``baseline`` unless ``-
 After pre-training each trial's encoder is fine-tuned (SLF) and attacked (PGD-20):
 ``--eval-config`` is a FinetuneConfig YAML (default: jobs/configs/finetune_smoke.yaml, tiny:
 numbers for demos only), ``--eval-set a.b=v`` overrides it, ``--no-eval`` skips it.
+Early stopping: ``--scheduler asha`` (or a ``scheduler:`` block in the grid file, see
+jobs/configs/grids/sweep_demo_asha.yaml) stops trials with Ray Tune's ASHAScheduler on a per-epoch
+metric (``--asha-metric``, default the training loss, ``--asha-mode min``) at rungs of
+``--grace-period`` x ``--reduction-factor``^k epochs; stopped trials are not evaluated and are
+marked "stopped" in sweep.json and the report. The baseline is never stopped.
 The sweep name defaults to a hash of the base config and grid, so re-running the same command
 continues the same sweep (finished trials are reused, others resume from their checkpoints).
 
@@ -59,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-cpus", type=float, default=1.0, help="CPUs of each trial's driver process")
     p.add_argument("--num-workers", type=int, help="Ray Train workers per trial (scaling.num_workers)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Train worker")
+    s = p.add_argument_group("early stopping (flags override the grid file's scheduler: block)")
+    s.add_argument("--scheduler", choices=["none", "asha"], default=None, help="trial scheduler (default: none)")
+    s.add_argument("--asha-metric", default=None, help="per-epoch metrics.jsonl column (default: loss)")
+    s.add_argument("--asha-mode", choices=["min", "max"], default=None, help="default: min")
+    s.add_argument("--grace-period", type=int, default=None, help="epochs before a trial can be stopped (default 1)")
+    s.add_argument("--reduction-factor", type=int, default=None, help="ASHA's eta (default 2)")
     g = p.add_argument_group("evaluation (SLF fine-tuning + PGD-20 per trial)")
     g.add_argument("--no-eval", action="store_true", help="do not evaluate the encoders")
     g.add_argument("--eval-config", default="", help="FinetuneConfig YAML (default: the smoke config)")
@@ -74,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str]) -> int:
     args, overrides = build_parser().parse_known_args(argv)
-    from pipeline.tune.spaces import load_grid_file, parse_grid_args
+    from dataclasses import replace
+
+    from pipeline.tune.spaces import SchedulerSettings, load_grid_file, load_scheduler, parse_grid_args
     from pipeline.tune.sweep import EvalSettings, SweepOptions, load_base_config, plan_sweep
 
     bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
@@ -87,9 +100,14 @@ def _main(argv: list[str]) -> int:
     base = load_base_config(args.config, overrides)
     grid = load_grid_file(args.grid_file) if args.grid_file else {}
     grid.update(parse_grid_args(args.grid))
+    sched = load_scheduler(args.grid_file) if args.grid_file else SchedulerSettings()
+    flags = {"kind": args.scheduler, "metric": args.asha_metric, "mode": args.asha_mode,
+             "grace_period": args.grace_period, "reduction_factor": args.reduction_factor}
+    sched = replace(sched, **{k: v for k, v in flags.items() if v is not None})
+    sched.validate(base.train.epochs)
     options = SweepOptions(
         name=args.name, grid=grid, baseline=not args.no_baseline, max_concurrent=args.max_concurrent,
-        trial_cpus=args.trial_cpus,
+        trial_cpus=args.trial_cpus, scheduler=sched,
         eval=EvalSettings(enabled=not args.no_eval, config=args.eval_config,
                           overrides=tuple(f"--{o.removeprefix('--')}" for o in args.eval_set),
                           train_manifest=args.eval_train_manifest, test_manifest=args.eval_test_manifest,
@@ -103,7 +121,9 @@ def _main(argv: list[str]) -> int:
         print("[sweep] eval: using jobs/configs/finetune_smoke.yaml (tiny: demo numbers only); "
               "pass --eval-config for real ones", flush=True)
     if args.dry_run:
-        print(f"sweep {name}: {len(specs)} trials")
+        print(f"sweep {name}: {len(specs)} trials"
+              + (f", ASHA on {sched.metric} ({sched.mode}), grace {sched.grace_period}, eta {sched.reduction_factor}"
+                 if sched.kind == "asha" else ""))
         for s in specs:
             print(f"  {s.name}: {s.params}")
         return 0
@@ -116,7 +136,8 @@ def _main(argv: list[str]) -> int:
     print()
     print(f"sweep.json: {res.sweep_json}")
     print(f"report:     python -m jobs.report {shlex.quote(res.sweep_dir)}")
-    failed = [o.trial_name for o in [*(r for r in [res.baseline] if r), *res.trials] if o.status != "finished"]
+    failed = [o.trial_name for o in [*(r for r in [res.baseline] if r), *res.trials]
+              if o.status not in ("finished", "stopped")]
     if failed:
         print(f"not finished: {', '.join(failed)} (details in sweep.json)", file=sys.stderr)
         return 1

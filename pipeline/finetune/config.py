@@ -135,6 +135,9 @@ class FinetuneTrainConfig:
     log_every: int = 0  # steps between progress lines; 0 = 4 per epoch (authors' int(L/4))
     max_steps_per_epoch: int = 0  # >0 truncates epochs (smoke tests)
     padding: int = 4  # RandomCrop padding of finetune_augment
+    # --mode ALL with Ray and at most one worker per mode: SLF / ALF / AFF as concurrent Ray tasks
+    # (scaling.cpus_per_worker CPUs, one GPU each with scaling.use_gpu); false = one after another
+    concurrent_modes: bool = True
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
     run_evaluate(...)            evaluate one checkpoint (no training)
 
 Modes run one after the other, each from the same pre-trained checkpoint and with its own
-config section (no state shared between them). ``use_ray=False`` runs the same per-epoch
+config section (no state shared between them); with Ray, ``--mode ALL`` and at most one worker per
+mode (``train.concurrent_modes``), they run side by side as Ray tasks
+(``pipeline.finetune.ray_tasks``), with the same numbers as ``use_ray=False``. ``use_ray=False`` runs the same per-epoch
 function in this process (``pipeline.finetune.modes.finetune``), e.g. on a GPU box without Ray.
 """
 
@@ -145,8 +147,11 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
     say(f"Finetuning checkpoint: {cfg.checkpoint} (sha256 {ck['sha256']})")
     if use_ray:
         ensure_ray(cfg.run.ray_address)
-    encoder = None if use_ray else load_pretrained(cfg.checkpoint, cfg.model)
     results: list[dict[str, Any]] = []
+    if use_ray and len(cfg.modes()) > 1 and cfg.train.concurrent_modes and cfg.scaling.num_workers <= 1:
+        _run_concurrent(cfg, out, train_idx, xt, yt, n_cls, ck, say, results)
+        return results
+    encoder = None if use_ray else load_pretrained(cfg.checkpoint, cfg.model)
     for mode in cfg.modes():
         mcfg = cfg.mode_config(mode)
         say(f"{mode}: {json.dumps(to_dict(mcfg))}")
@@ -177,6 +182,36 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
             say(ln)
         write_all(out, cfg.checkpoint, results)  # after every mode: partial results survive
     return results
+
+
+def _run_concurrent(cfg: FinetuneConfig, out: Path, train_idx: np.ndarray | None, xt: np.ndarray, yt: np.ndarray,
+                    n_cls: int, ck: dict[str, Any], say: Log, results: list[dict[str, Any]]) -> None:
+    """Every mode as a concurrent Ray task; outputs written in mode order as the sequential path does."""
+    from pipeline.finetune.loops import load_train_arrays
+    from pipeline.finetune.ray_tasks import run_modes_concurrently
+
+    modes = cfg.modes()
+    for mode in modes:
+        say(f"{mode}: {json.dumps(to_dict(cfg.mode_config(mode)))}")
+    x, y = load_train_arrays(cfg, None if train_idx is None else train_idx.tolist())
+    say(f"running {', '.join(modes)} as {len(modes)} concurrent Ray tasks "
+        f"({cfg.scaling.cpus_per_worker} CPU{', 1 GPU' if cfg.scaling.use_gpu else ''} each)")
+    t0 = time.perf_counter()
+    outs = run_modes_concurrently(cfg, modes, x, y, xt, yt, n_cls)
+    say(f"all modes done in {time.perf_counter() - t0:.1f} s (wall)")
+    for o in outs:
+        mode, model, res = o["mode"], o["model"], o["results"]
+        for ln in o["lines"]:
+            say(ln)
+        save_encoder(out / f"{mode}.pt", model, {"mode": mode, "pretrained": cfg.checkpoint, "num_classes": n_cls})
+        say(f"{mode}: classifier saved to {out / f'{mode}.pt'}")
+        res.update(checkpoint=ck, config={"mode": _config_section(cfg.mode_config(mode)),
+                                          "eval": _config_section(cfg.eval)}, mode_train_seconds=o["train_s"])
+        res["times"]["train"] = o["train_s"]
+        results.append(res)
+        for ln in summary_lines(mode, res):
+            say(ln)
+    write_all(out, cfg.checkpoint, results)
 
 
 def run_evaluate(checkpoint: str, images: np.ndarray, labels: np.ndarray, ecfg: EvalConfig,

@@ -66,6 +66,22 @@ def use_stream(cfg: FinetuneConfig, indices: list[int] | None) -> bool:
 NORM_SAMPLE_ROWS = 8192  # streamed fine-tuning: images behind the standardised probe's mean / std
 
 
+def probe_norm_sample(m: Any, *, seed: int, indices: Any, buffer_rows: int,
+                      s3_endpoint: str | None = None) -> torch.Tensor:
+    """(N,3,H,W) uint8, N <= NORM_SAMPLE_ROWS (+ one batch): the images behind a streamed run's
+    standardised probe. The same on every rank (a world=1 stream of "epoch 0"), bounded memory."""
+    from pipeline.data.shards import stream_batches
+
+    sample, have = [], 0
+    for x, _, _ in stream_batches(m, 256, seed=seed, epoch=0, indices=indices, rank=0, world=1,
+                                  buffer_rows=buffer_rows, s3_endpoint=s3_endpoint):
+        sample.append(torch.as_tensor(x))
+        have += len(x)
+        if have >= NORM_SAMPLE_ROWS:
+            break
+    return torch.cat(sample).permute(0, 3, 1, 2).contiguous()  # stream batches are (N,H,W,3)
+
+
 def _stream_loop(cfg: FinetuneConfig, config: dict[str, Any], encoder: torch.nn.Module, mode: str,
                  mcfg: Any, rank: int, world: int, device: torch.device) -> None:
     """The worker loop over streamed batches (memory bounded by the shuffle buffer)."""
@@ -79,20 +95,8 @@ def _stream_loop(cfg: FinetuneConfig, config: dict[str, Any], encoder: torch.nn.
     num_classes = int(config.get("num_classes") or cfg.data.num_classes or m.num_classes)
     torch.manual_seed(cfg.train.seed)
     model = build_finetune_model(encoder, mode, mcfg, num_classes).to(device)
-    # the standardised probe's statistics from a bounded sample, the same one on every rank
-    # (world=1 stream of epoch 0): memory stays O(sample), not O(dataset)
-    sample, have = [], 0
-    for x, _, _ in stream_batches(m, 256, seed=cfg.train.seed, epoch=0, indices=indices, rank=0, world=1,
-                                  buffer_rows=cfg.data.shuffle_buffer, s3_endpoint=ep):
-        sample.append(torch.as_tensor(x))
-        have += len(x)
-        if have >= NORM_SAMPLE_ROWS:
-            break
-    xs = torch.cat(sample)
-    if xs.shape[-1] == 3:  # (N,H,W,3) -> (N,3,H,W)
-        xs = xs.permute(0, 3, 1, 2).contiguous()
-    fit_feature_norm(model, xs.to(device))
-    del sample, xs
+    fit_feature_norm(model, probe_norm_sample(m, seed=cfg.train.seed, indices=indices,
+                                              buffer_rows=cfg.data.shuffle_buffer, s3_endpoint=ep).to(device))
     module = training_module(model, mode, mcfg)
     if world > 1:
         # [2] DDP over the trainable parameters (frozen ones are skipped by DDP)

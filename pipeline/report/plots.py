@@ -166,3 +166,52 @@ def first_accuracy(
         if v is not None:
             return mode, key, float(v)
     return None
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One finished run on the Pareto figure: its compute and its robust accuracy."""
+
+    label: str
+    cost: float  # GPU-hours, or wall seconds on CPU
+    accuracy: float  # percent
+    kind: str = "trial"  # trial | baseline | random
+
+
+def pareto_front(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
+    """Points no other point beats on both axes (cheaper-or-equal and at least as accurate, one
+    strictly), by increasing cost."""
+    front = []
+    for p in points:
+        dominated = any(q is not p and q.cost <= p.cost and q.accuracy >= p.accuracy
+                        and (q.cost < p.cost or q.accuracy > p.accuracy) for q in points)
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: (p.cost, -p.accuracy))
+
+
+def plot_pareto(points: Sequence[ParetoPoint], path: str | os.PathLike, *, xlabel: str,
+                ylabel: str = "PGD-20 accuracy (%)") -> Path:
+    """Robust accuracy vs compute; the Pareto front as a step line, baseline / random-k marked."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    style = {"trial": ("o", "tab:blue", 40, "RCS trial"), "baseline": ("*", "black", 160, "full-data baseline"),
+             "random": ("s", "tab:red", 60, "random-k")}
+    seen: set[str] = set()
+    for p in points:
+        marker, color, size, label = style.get(p.kind, style["trial"])
+        ax.scatter([p.cost], [p.accuracy], marker=marker, s=size, color=color,
+                   label=None if p.kind in seen else label, zorder=3)
+        seen.add(p.kind)
+        ax.annotate(p.label, (p.cost, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.step([p.cost for p in front], [p.accuracy for p in front], where="post", color="tab:green",
+                lw=1.2, ls="--", label="Pareto front", zorder=2)
+    ax.margins(0.15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("Robustness vs compute (Pareto front)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -551,7 +551,12 @@ def build_sections(
         figs.update(f)
     s4 = projection_section(c.rows, prices, gpu_type, precision, mfu)
     s5 = provenance_section(c)
-    return [s0, s1, s2, s3, s4, s5], figs, summary
+    from pipeline.report.pareto import pareto_section  # sweeps only: robustness vs compute
+
+    par = pareto_section(c, out, Section, Image, Table)
+    if par is not None:
+        figs.update(par[1])
+    return [s0, s1, *([par[0]] if par else []), s2, s3, s4, s5], figs, summary
 
 
 def render_report(

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from pipeline.config import to_dict
 from pipeline.data.storage import join_uri, resolve, write_bytes_atomic
+from pipeline.tblog import EpochLog
 from pipeline.train.checkpoint import TrainState, capture_rng, load_state, restore_rng, save_state
 from pipeline.train.optim import lr_at, set_lr
 
@@ -98,6 +99,14 @@ class SegmentWorker:
         self.coreset = seg.get("coreset")
         self.epoch0, self.global_step, self.history = 0, 0, []
         self.restored_from: int | None = None
+        self.tb = EpochLog(self._run_dir() if self.rank == 0 else None, cfg.data.s3_endpoint or None)
+
+    def _run_dir(self) -> str | None:
+        """The run folder for TensorBoard events: the driver's local path, or the s3:// run URI."""
+        if self.seg.get("marker_dir"):
+            return str(self.seg["marker_dir"])
+        storage = self.cfg.run.storage_path
+        return join_uri(storage, self.cfg.run_name()) if "://" in storage else None
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -200,10 +209,13 @@ class SegmentWorker:
                 self.log(f"non-finite loss at epoch {epoch} step {i}: stopping; the last good checkpoint is kept")
                 self._mark_nonfinite(epoch, i)
                 ray.train.report(metrics)  # [4] no checkpoint: the last good one stays the newest
+                self.tb.close()
                 return
             self.history.append(metrics)
+            self.tb.epoch(metrics)  # live TensorBoard curves (rank 0; one small flush per epoch)
             self.log(describe(metrics))
             self._checkpoint_and_report(epoch, metrics, net, optimizer, state_extra or {})
+        self.tb.close()
 
     def _mark_nonfinite(self, epoch: int, step: int) -> None:
         """Tell the driver through the run's storage: Ray Train's Result only carries the metrics of

@@ -107,9 +107,57 @@ def parse_grid_args(items: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def load_grid_file(path: str | Path) -> dict[str, list[Any]]:
-    """A small YAML mapping ``dotted.key: [values]`` (a scalar means one value)."""
-    p = Path(path)
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """Early stopping of trials: ``kind="asha"`` is Ray Tune's ``ASHAScheduler``.
+
+    ``metric`` is a per-epoch column of ``metrics.jsonl`` (the trial reports it to Tune after
+    every epoch, read from the run's TensorBoard events: this works in Train local mode too).
+    The default, the training loss, is the one robustness-related number every epoch has; the
+    RCS validation (RD) loss exists only at selection epochs. A trial is compared at the rungs
+    ``grace_period * reduction_factor**k`` epochs and stopped when it is worse than the top
+    ``1/reduction_factor`` of the trials that reached that rung before it. The full-data baseline
+    is never stopped (it does not report the metric).
+    """
+
+    kind: str = "none"  # none | asha
+    metric: str = "loss"
+    mode: str = "min"  # min | max
+    grace_period: int = 1  # epochs before a trial can be stopped
+    reduction_factor: int = 2
+
+    def validate(self, epochs: int) -> None:
+        if self.kind not in ("none", "asha"):
+            raise ConfigError(f"scheduler.kind: {self.kind!r} is not one of none, asha")
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"scheduler.mode: {self.mode!r} is not one of min, max")
+        if self.kind == "asha":
+            if not 1 <= self.grace_period < max(epochs, 2):
+                raise ConfigError(f"scheduler.grace_period: {self.grace_period} must be in [1, train.epochs={epochs})")
+            if self.reduction_factor < 2:
+                raise ConfigError(f"scheduler.reduction_factor: {self.reduction_factor} must be >= 2")
+
+
+SCHEDULER_KEY = "scheduler"  # the grid file's optional block of SchedulerSettings fields
+
+
+def load_scheduler(path: str | Path) -> SchedulerSettings:
+    """The ``scheduler:`` block of a grid file (``SchedulerSettings()`` when there is none)."""
+    block = _read_grid_yaml(Path(path)).get(SCHEDULER_KEY) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: {SCHEDULER_KEY}: expected a mapping (kind, metric, mode, grace_period, ...)")
+    fields = set(SchedulerSettings.__dataclass_fields__)
+    bad = sorted(set(block) - fields)
+    if bad:
+        raise ConfigError(f"{path}: {SCHEDULER_KEY}.{bad[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    types = {"kind": str, "metric": str, "mode": str, "grace_period": int, "reduction_factor": int}
+    for k, v in block.items():
+        if isinstance(v, bool) or not isinstance(v, types[k]):
+            raise ConfigError(f"{path}: {SCHEDULER_KEY}.{k}: expected {types[k].__name__}, got {v!r}")
+    return SchedulerSettings(**block)
+
+
+def _read_grid_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"grid file not found: {p}")
     try:
@@ -118,6 +166,17 @@ def load_grid_file(path: str | Path) -> dict[str, list[Any]]:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping 'section.key: [values]'")
+    return data
+
+
+def load_grid_file(path: str | Path) -> dict[str, list[Any]]:
+    """A small YAML mapping ``dotted.key: [values]`` (a scalar means one value).
+
+    An optional ``scheduler:`` block (``load_scheduler``) is not part of the grid.
+    """
+    p = Path(path)
+    data = _read_grid_yaml(p)
+    data.pop(SCHEDULER_KEY, None)
     grid: dict[str, list[Any]] = {}
     for k, v in data.items():
         vals = list(v) if isinstance(v, (list, tuple)) else [v]

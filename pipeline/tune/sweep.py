@@ -22,7 +22,15 @@ artefacts + ``eval/SLF/results.json``) and Tune's own files (``tune-<trial>/`` r
 experiment state). Re-running the same sweep reuses finished trials and continues the others
 from their newest checkpoint (run names are deterministic).
 
-Not done here: early stopping (ASHA on a cheap robustness probe); every trial runs to the end.
+Early stopping (``SweepOptions.scheduler``, ``SchedulerSettings(kind="asha")``): Ray Tune's
+``ASHAScheduler`` on a per-epoch metric (default: the training loss, ``time_attr="epoch"``).
+Per-epoch results reach Tune from the trial itself: a thread of the trial process reads the
+run's TensorBoard events (written by rank 0 after every epoch, ``pipeline.tblog``) and calls
+``ray.tune.report`` for each new epoch, so it works in Train local mode, where Ray Train ignores
+``TuneReportCallback``. A trial ASHA stops keeps its checkpoints but gets no encoder and no
+evaluation; ``sweep.json`` marks it ``"stopped"`` with the epoch reached (``stopped_at_epoch``)
+and Tune's ``time_total_s``, and the report lists it. The full-data baseline never reports the
+metric, so ASHA never stops it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import inspect
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
@@ -46,6 +55,7 @@ from pipeline.config import replace as cfg_replace
 from pipeline.data.storage import exists, join_uri, read_bytes, resolve, write_bytes_atomic
 from pipeline.tune.spaces import (
     BASELINE_NAME,
+    SchedulerSettings,
     TrialSpec,
     max_concurrent_trials,
     trial_bundles,
@@ -82,6 +92,7 @@ class SweepOptions:
     trial_cpus: float = 1.0  # CPUs reserved by each trial's driver process
     data_cpus: float = 1.0  # CPUs kept free per trial for Ray Data / RCS tasks (G1)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)  # kind="asha": early stopping
 
 
 @dataclass
@@ -89,7 +100,7 @@ class TrialOutcome:
     trial_name: str
     params: dict[str, Any]
     run_dir: str  # relative to the sweep dir (the report resolves it)
-    status: str  # pending / running / finished / failed
+    status: str  # pending / running / finished / stopped (early, by the scheduler) / failed
     metrics: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
 
@@ -226,7 +237,7 @@ def _tune_callbacks_kwarg() -> dict[str, Any]:
 METRIC_KEYS: tuple[str, ...] = (
     "epochs", "wall_time_s", "train_time_s", "selection_time_s", "worker_hours", "final_loss", "images_seen",
     "coreset_size", f"{EVAL_MODE.lower()}_clean_acc", f"{EVAL_MODE.lower()}_pgd20_acc",
-    f"{EVAL_MODE.lower()}_aa_acc", "reused")
+    f"{EVAL_MODE.lower()}_aa_acc", "reused", "time_total_s", "stopped_at_epoch")
 
 
 def final_metrics(summary: dict[str, Any], ev: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -239,6 +250,51 @@ def final_metrics(summary: dict[str, Any], ev: Optional[dict[str, Any]]) -> dict
     for k in ("clean_acc", "pgd20_acc", "aa_acc"):
         out[f"{EVAL_MODE.lower()}_{k}"] = (ev or {}).get(k)
     return out
+
+
+class EpochReporter:
+    """Reports every finished epoch's ``metric`` to Tune (``ray.tune.report``) while the run trains.
+
+    A daemon thread polls the run's TensorBoard events (``train/<metric>``, one point per epoch,
+    written by the worker) every ``interval`` s; ``finish`` stops it and reports what is left from
+    ``metrics.jsonl``. When the scheduler stops the trial, Tune ends this process (and with it
+    the Train workers it owns).
+    """
+
+    def __init__(self, run_dir: str, metric: str, trial: str, endpoint: Optional[str], interval: float = 1.0):
+        self.run_dir, self.metric, self.trial, self.endpoint, self.interval = run_dir, metric, trial, endpoint, interval
+        self.last = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"epoch-reporter-{trial}", daemon=True)
+
+    def start(self) -> "EpochReporter":
+        self._thread.start()
+        return self
+
+    def report_new(self, values: dict[int, float]) -> None:
+        for e in sorted(k for k in values if k > self.last):
+            ray.tune.report({"epoch": e, self.metric: float(values[e]), "trial": self.trial})
+            self.last = e
+
+    def _loop(self) -> None:
+        from pipeline.tblog import read_scalars
+
+        while not self._stop.wait(self.interval):
+            try:
+                self.report_new(read_scalars(self.run_dir, s3_endpoint=self.endpoint).get(f"train/{self.metric}", {}))
+            except Exception as e:  # noqa: BLE001 - a torn read is retried at the next poll
+                print(f"[sweep] {self.trial}: epoch reporter: {type(e).__name__}: {e}", flush=True)
+
+    def finish(self) -> dict[int, float]:
+        """Stop polling; report the epochs not reported yet (from metrics.jsonl); all values by epoch."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        loc = resolve(join_uri(self.run_dir, "metrics.jsonl"), s3_endpoint=self.endpoint)
+        rows = [json.loads(ln) for ln in read_bytes(loc).decode().splitlines() if ln.strip()] if exists(loc) else []
+        values = {int(r["epoch"]): float(r[self.metric]) for r in rows if isinstance(r.get(self.metric), (int, float))}
+        self.report_new(values)
+        return values
 
 
 def train_driver_fn(config: dict[str, Any]) -> None:
@@ -254,20 +310,37 @@ def train_driver_fn(config: dict[str, Any]) -> None:
     cfg = trial_config(config["base"], spec, sweep_name=sw["name"], storage_path=sw["storage_path"])
     endpoint = cfg.data.s3_endpoint or None
     run_dir = join_uri(sw["storage_path"], cfg.run_name())
+    sched = SchedulerSettings(**(sw.get("scheduler") or {}))
+    # per-epoch results for the scheduler; the baseline reports none (it is never stopped)
+    reporter = (EpochReporter(run_dir, sched.metric, spec["name"], endpoint)
+                if sched.kind != "none" and not spec.get("baseline") else None)
     summary = _finished_with_same_config(cfg, run_dir, endpoint)
     reused = summary is not None
     if summary is None:
-        res = run_pretrain(cfg, **_tune_callbacks_kwarg())
+        if reporter is not None:
+            reporter.start()
+        # the reporter replaces TuneReportCallback (which would report the same epochs twice)
+        res = run_pretrain(cfg, **({} if reporter is not None else _tune_callbacks_kwarg()))
         if res is None:  # only with stop_after, which sweeps do not use
             raise RuntimeError(f"{spec['name']}: run_pretrain returned no result for {run_dir}")
         summary = res.summary
     else:
         print(f"[sweep] {spec['name']}: finished run found in {run_dir}; not training again", flush=True)
+    per_epoch = reporter.finish() if reporter is not None else {}
     ev_dict = dict(sw.get("eval") or {})
     ev_dict["overrides"] = tuple(ev_dict.get("overrides") or ())
     ev = evaluate_trial(run_dir, cfg, EvalSettings(**ev_dict))
+    try:
+        from pipeline.tblog import log_finished_run
+
+        log_finished_run(run_dir, {EVAL_MODE: ev} if ev else None, s3_endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - TensorBoard is a convenience; the sweep goes on
+        print(f"[sweep] {spec['name']}: tensorboard events not written: {type(e).__name__}: {e}", flush=True)
     metrics = final_metrics(summary, ev)
-    metrics.update(trial=spec["name"], status=summary.get("status", "finished"), reused=reused)
+    metrics.update(trial=spec["name"], status=summary.get("status", "finished"), reused=reused, final=True)
+    if per_epoch:  # the final result sits at the last epoch's rung with the same value
+        last = max(per_epoch)
+        metrics.update(epoch=last, **{sched.metric: per_epoch[last]})
     ray.tune.report({k: v for k, v in metrics.items() if v is not None})
 
 
@@ -327,7 +400,17 @@ class _SweepJsonCallback(tune.Callback):
         self.sj.set(trial.config["trial"], "running")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.sj.set(trial.config["trial"], "finished", trial.last_result)
+        res = trial.last_result or {}
+        self.sj.set(trial.config["trial"], *_completed_status(res))
+
+
+def _completed_status(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """("finished", metrics) for a trial that reported its final result, else ("stopped", ...)."""
+    metrics = dict(res)
+    if res.get("final"):
+        return "finished", metrics
+    metrics["stopped_at_epoch"] = res.get("epoch")
+    return "stopped", metrics
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         err = getattr(trial, "error_file", None)
@@ -390,14 +473,16 @@ def run_sweep(base: PretrainConfig, options: SweepOptions | None = None) -> Swee
           f"{k} at a time (cluster {dict((r, cluster[r]) for r in ('CPU', 'GPU') if r in cluster)}) "
           f"-> {sweep_dir}", flush=True)
 
+    sched = options.scheduler
+    sched.validate(base.train.epochs)
     sj = SweepJson(name, sweep_dir, grid, specs, base, {
         "storage_path": storage, "max_concurrent_trials": k, "eval": {**asdict(ev), "mode": EVAL_MODE},
-        "baseline_run_dir": None}, endpoint)
+        "scheduler": asdict(sched), "baseline_run_dir": None}, endpoint)
     sj.write()
 
     param_space = {
         "base": to_dict(base),
-        "sweep": {"name": name, "storage_path": storage, "eval": asdict(ev)},
+        "sweep": {"name": name, "storage_path": storage, "eval": asdict(ev), "scheduler": asdict(sched)},
         # explicit points (baseline first): deterministic names and order, one Tuner for all
         "trials": {s.name: s.as_dict() for s in specs},
         "trial": tune.grid_search([s.name for s in specs]),
@@ -415,7 +500,7 @@ def run_sweep(base: PretrainConfig, options: SweepOptions | None = None) -> Swee
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=k,
+            max_concurrent_trials=k, scheduler=_scheduler(sched, base.train.epochs),
             trial_name_creator=lambda t: t.config["trial"],
             trial_dirname_creator=lambda t: f"tune-{t.config['trial']}",
         ),
@@ -437,14 +522,31 @@ def run_sweep(base: PretrainConfig, options: SweepOptions | None = None) -> Swee
         summary = _read_json(join_uri(sweep_dir, s.name, "summary.json"), endpoint)
         if r is not None and r.error is not None:
             sj.set(s.name, "failed", r.metrics, error=_error_line(r.error))
+        elif r is not None and r.metrics and not r.metrics.get("final") and sched.kind != "none":
+            sj.set(s.name, *_completed_status(r.metrics))  # stopped by the scheduler
         elif summary and summary.get("status") == "finished":
             sj.set(s.name, "finished", (r.metrics if r is not None else None))
         else:
             sj.set(s.name, "failed" if r is not None else "missing")
+    times = [o.metrics.get("time_total_s") for o in sj.outcomes.values()]
+    sj.extra["trial_time_s"] = sum(t for t in times if t)  # compute the trials held (Tune's clock)
+    sj.extra["stopped"] = sorted(n for n, o in sj.outcomes.items() if o.status == "stopped")
     sj.write()
     outs = list(sj.outcomes.values())
     base_out = sj.outcomes.get(BASELINE_NAME) if options.baseline else None
     return SweepResult(name, sweep_dir, sj.uri, [o for o in outs if o is not base_out], base_out)
+
+
+def _scheduler(sched: SchedulerSettings, epochs: int) -> Any:
+    """Tune's ASHAScheduler from the settings (None for kind="none")."""
+    if sched.kind == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # stop_last_trials=False: a trial that reaches the last epoch still runs its evaluation
+    return ASHAScheduler(time_attr="epoch", metric=sched.metric, mode=sched.mode, max_t=epochs,
+                         grace_period=sched.grace_period, reduction_factor=sched.reduction_factor,
+                         stop_last_trials=False)
 
 
 def format_table(res: SweepResult) -> str:
@@ -462,7 +564,8 @@ def format_table(res: SweepResult) -> str:
     lines = [head]
     for o in rows:
         m = o.metrics
-        lines.append([o.trial_name, o.status, f(m.get("epochs")), f(m.get("wall_time_s"), ".1f"),
+        status = o.status if o.status != "stopped" else f"stopped@{m.get('stopped_at_epoch')}"
+        lines.append([o.trial_name, status, f(m.get("epochs") or m.get("stopped_at_epoch")), f(m.get("wall_time_s"), ".1f"),
                       f(m.get("final_loss")), f(m.get("coreset_size")),
                       f(m.get("slf_clean_acc"), ".3f"), f(m.get("slf_pgd20_acc"), ".3f"),
                       join_uri(res.sweep_dir, o.run_dir)])

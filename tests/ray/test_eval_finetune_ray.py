@@ -101,6 +101,11 @@ def test_slf_streamed_local_mode_matches_plain_stream(ray_local, tmp_path):
     res = run_finetune(cfg, tmp_path / "out", use_ray=True, log=lambda s: None)
     torch.manual_seed(cfg.train.seed)
     model = build_finetune_model(enc, "SLF", cfg.slf, 3)
+    from pipeline.finetune.loops import probe_norm_sample
+    from pipeline.finetune.modes import fit_feature_norm
+
+    fit_feature_norm(model, probe_norm_sample(str(tmp_path / "train"), seed=cfg.train.seed, indices=None,
+                                              buffer_rows=5))
     module = training_module(model, "SLF", cfg.slf)
     opt, sched = make_optimizer(model, cfg.slf)
     for epoch in range(1, cfg.slf.epochs + 1):
@@ -113,3 +118,29 @@ def test_slf_streamed_local_mode_matches_plain_stream(ray_local, tmp_path):
     flags = evaluate_flags(finalize_for_eval(model, cfg.slf), xt, yt, cfg.eval)
     assert res[0]["clean_acc"] == pytest.approx(flags["clean"].mean())
     assert res[0]["pgd20_acc"] == pytest.approx(flags["pgd20"].mean())
+
+
+def test_mode_all_concurrent_tasks_match_sequential(ray_local, tmp_path):
+    """--mode ALL as three concurrent Ray tasks: the same accuracies and classifier weights as the
+    sequential in-process path (seeds fixed, one intra-op thread on both sides)."""
+    from pipeline.finetune.driver import run_finetune
+    from pipeline.models import load_encoder
+
+    _setup(tmp_path)
+    cfg = _cfg(tmp_path, "ALL", 0)
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    conc = run_finetune(cfg, tmp_path / "conc", use_ray=True, log=lines.append)
+    assert any("as 3 concurrent Ray tasks" in ln for ln in lines)
+    seq = run_finetune(cfg, tmp_path / "seq", use_ray=False, log=lambda s: None)
+    assert [r["mode"] for r in conc] == [r["mode"] for r in seq] == ["SLF", "ALF", "AFF"]
+    for a, b in zip(conc, seq):
+        assert a["clean_acc"] == b["clean_acc"] and a["pgd20_acc"] == b["pgd20_acc"], a["mode"]
+        ma, _ = load_encoder(tmp_path / "conc" / f"{a['mode']}.pt")
+        mb, _ = load_encoder(tmp_path / "seq" / f"{a['mode']}.pt")
+        for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+            assert torch.equal(va, vb), (a["mode"], k)
+    log = (tmp_path / "conc" / "log.txt").read_text().splitlines()
+    assert [ln.split(":")[0] for ln in log[1:7]] == [
+        "SLF standard acc", "SLF PGD20 acc", "ALF standard acc", "ALF PGD20 acc",
+        "AFF standard acc", "AFF PGD20 acc"]

@@ -182,3 +182,80 @@ def test_tune_sweep_grid_plus_baseline(ray_local, tmp_path):
     assert [o.status for o in again.trials] == ["finished", "finished"]
     assert again.baseline is not None and again.baseline.status == "finished"
     assert all(o.metrics.get("reused") for o in [again.baseline, *again.trials])
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping (ASHA)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_scheduler_block_of_the_grid_file(tmp_path):
+    from pipeline.tune.spaces import SchedulerSettings, load_grid_file, load_scheduler
+
+    demo = ROOT / "jobs" / "configs" / "grids" / "sweep_demo_asha.yaml"
+    assert load_grid_file(demo) == {"rcs.fraction": [0.2, 0.4], "rcs.warmup_epochs": [1, 2]}
+    assert load_scheduler(demo) == SchedulerSettings("asha", "loss", "min", 1, 2)
+    bad = tmp_path / "g.yaml"
+    bad.write_text("rcs.fraction: [0.2]\nscheduler: {kind: asha, grace: 1}\n")
+    with pytest.raises(ConfigError, match="scheduler.grace: unknown key"):
+        load_scheduler(bad)
+    with pytest.raises(ConfigError, match="grace_period"):
+        SchedulerSettings("asha", grace_period=4).validate(epochs=4)
+    assert load_scheduler(ROOT / "jobs" / "configs" / "sweep_demo.yaml").kind == "none"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_asha_stops_the_worse_trial(ray_local, tmp_path):
+    """Two trials one after the other, per-epoch results read from the run's TensorBoard events
+    by the trial itself (no TuneReportCallback): ASHA on the per-epoch learning rate (deterministic: the lr=2 trial is worse at epoch 1 than lr=0.5 was)
+    stops the second at its first rung; sweep.json, the table and the report say so."""
+    from pipeline.report.collect import collect
+    from pipeline.tune.spaces import SchedulerSettings
+    from pipeline.tune.sweep import EvalSettings, SweepOptions, format_table, run_sweep
+
+    manifest = _tiny_dataset(tmp_path)
+    base = load_config(PretrainConfig, DEMO, [
+        f"--data.manifest={manifest}", "--model.width=4", "--attack.steps=1", "--rcs.enabled=false",
+        "--train.epochs=3", "--train.batch_size=32", "--train.max_steps_per_epoch=2",
+        "--scaling.num_workers=1", "--scaling.cpus_per_worker=0.5", "--scaling.max_failures=0",
+        f"--run.storage_path={tmp_path / 'runs'}",
+    ])
+    res = run_sweep(base, SweepOptions(
+        name="asha", grid={"optim.lr": [0.5, 2.0]}, baseline=False, max_concurrent=1,
+        eval=EvalSettings(enabled=False),
+        scheduler=SchedulerSettings("asha", metric="lr", mode="min", grace_period=1, reduction_factor=2)))
+    table = format_table(res)
+    print(table)
+    data = json.loads((tmp_path / "runs" / "asha" / "sweep.json").read_text())
+    by = {t["trial_name"]: t for t in data["trials"]}
+    assert by["lr0.5"]["status"] == "finished" and by["lr0.5"]["metrics"]["epochs"] == 3
+    assert by["lr2"]["status"] == "stopped" and by["lr2"]["metrics"]["stopped_at_epoch"] == 1
+    assert data["stopped"] == ["lr2"] and data["scheduler"]["kind"] == "asha"
+    assert data["trial_time_s"] > 0 and all(t["metrics"]["time_total_s"] > 0 for t in data["trials"])
+    assert "stopped@1" in table
+    assert not (tmp_path / "runs" / "asha" / "lr2" / "summary.json").exists()  # never finished
+    c = collect(tmp_path / "runs" / "asha")
+    assert [(r.name, r.status) for r in c.rows] == [("lr0.5", "finished"), ("lr2", "stopped")]
+
+
+def test_asha_replay_on_a_finished_grid(tmp_path):
+    """Ray's ASHA bracket replayed on per-epoch Tune results: who stops where, compute saved."""
+    from pipeline.tune.asha_replay import replay
+
+    sw = tmp_path / "grid"
+    losses = {"a": [3.0, 2.0, 1.0], "b": [4.0, 3.5, 3.0], "c": [2.5, 2.5, 2.0]}
+    pgd = {"a": 0.30, "b": 0.40, "c": 0.20}
+    for name, ls in losses.items():
+        (sw / f"tune-{name}").mkdir(parents=True)
+        rows = [{"epoch": e, "loss": v, "time_total_s": 10.0 * e} for e, v in enumerate(ls, start=1)]
+        rows.append({"final": True, "epoch": 3, "loss": ls[-1], "time_total_s": 40.0})
+        (sw / f"tune-{name}" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (sw / "sweep.json").write_text(json.dumps({"sweep_name": "grid", "base_config": {"train": {"epochs": 3}},
+        "trials": [{"trial_name": n, "metrics": {"slf_pgd20_acc": pgd[n]}} for n in losses]}))
+    r = replay(sw, metric="loss", mode="min", grace_period=1, reduction_factor=2)
+    assert [t["stopped_at_epoch"] for t in r["trials"]] == [None, 1, 2]  # b at rung 1, c at rung 2
+    assert r["grid_trial_s"] == 120.0 and r["asha_trial_s"] == 40.0 + 10.0 + 20.0
+    assert r["saved_fraction"] == pytest.approx(1 - 70 / 120, abs=1e-3)
+    assert r["best_grid"] == "b" and r["best_asha"] == "a" and not r["same_best"]

@@ -17,6 +17,7 @@ RAY_ALLOWED = {
     "eval/ray_tasks.py",
     "finetune/loops.py",
     "finetune/driver.py",
+    "finetune/ray_tasks.py",
     "train/loops.py",
     "train/driver.py",
     "train/sat_loops.py",

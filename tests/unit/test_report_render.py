@@ -144,7 +144,7 @@ def test_sweep_report_end_to_end(sweep_dir: Path):
     wrn = _table_row(md, "FLOP model: wrn28-10 ACL, H100 bf16 @ 40% MFU, full data")
     assert wrn[4:6] == ["200.0", "79.2"] and wrn[7] == "316.85"  # 79.21 GPU-h x 4.0
     # Figures are real PNGs, referenced by the markdown.
-    for name in ("speedup_vs_robustness", "loss_curves", "selection_overhead"):
+    for name in ("speedup_vs_robustness", "pareto", "loss_curves", "selection_overhead"):
         p = paths.figures[name]
         assert p.read_bytes().startswith(PNG_MAGIC) and f"]({p.name})" in md
     # Provenance: config hash of each run, Python version, the grid.
@@ -152,7 +152,7 @@ def test_sweep_report_end_to_end(sweep_dir: Path):
 
     page = paths.html.read_text()
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(uris) == 3 and all(base64.b64decode(u).startswith(PNG_MAGIC) for u in uris)
+    assert len(uris) == 4 and all(base64.b64decode(u).startswith(PNG_MAGIC) for u in uris)
     assert not re.search(r'(src|href)\s*=\s*"(?!data:)', page)  # no external assets or links
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for title in SECTION_TITLES:
