@@ -78,7 +78,11 @@ def test_two_workers_disjoint_shards_loss_down(ray_local, manifest, tmp_path):
     res = run_pretrain(cfg)
     rows = _metrics(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    n_train = 160  # without RCS nothing is held out for validation: all 160 images train
+    # the RCS validation images are held out with RCS off too (like with like, issue 11)
+    from pipeline.data.shards import split_by_index
+
+    n_train = len(split_by_index(160, cfg.data.val_fraction, cfg.train.seed)[0])
+    assert n_train < 160
     for r in rows:
         # equal split: each of the 2 ranks gets 80 rows; no index is seen by both ranks
         assert r["shard_overlap"] == 0 and r["shard_union"] == n_train and r["shard_rows"] == n_train
