@@ -47,7 +47,7 @@ from ray.train.torch import TorchTrainer
 
 from pipeline.config import ConfigError, dump_yaml, to_dict
 from pipeline.data.ray_datasets import read_dataset, verify_shards
-from pipeline.data.shards import Manifest, read_manifest, split_by_index
+from pipeline.data.shards import Manifest, read_manifest, split_by_index, write_subset
 from pipeline.data.storage import delete, exists, join_uri, read_bytes, resolve, write_bytes_atomic
 from pipeline.errors import UserError, describe
 from pipeline.models import save_encoder
@@ -345,9 +345,19 @@ class SegmentedRun:
             if stop_after is not None and stop_after >= e_next:
                 stop = min(stop, stop_after)
             rows = coreset if coreset is not None else train_idx
+            subset_uri = progress["coreset_file"][:-len(".npy")] if coreset is not None else None
+            if subset_uri is not None and not exists(resolve(join_uri(subset_uri, "manifest.json"),
+                                                             s3_endpoint=self.endpoint)):
+                # A coreset segment reads its own materialised subset (~k of the bytes) instead
+                # of filtering every shard; rewritten when missing or cut short (no manifest yet).
+                # Its time counts as selection time.
+                self.lease.start("selection", 1)
+                write_subset(manifest, coreset, subset_uri, overwrite=True, s3_endpoint=self.endpoint)
+                self.log(f"coreset of {len(coreset)} rows materialised in {self.lease.end():.1f}s -> {subset_uri}")
             delete(nan_loc)  # a marker from an earlier failed attempt is not this fit's
             self.lease.start("fit", workers)
-            result = self._fit(manifest, rows, coreset, stop, progress["checkpoint"], callbacks)
+            result = self._fit(manifest, rows, coreset, stop, progress["checkpoint"], callbacks,
+                               subset_uri=subset_uri)
             fit_s = self.lease.end()
             progress["fits"].append({"from_epoch": e_next, "to_epoch": stop, "time_s": fit_s,
                                      "workers": workers, "rows": int(len(rows))})
@@ -426,13 +436,17 @@ class SegmentedRun:
                      "fraction": len(idx) / max(len(train_idx), 1)}
 
     def _fit(self, manifest: Manifest, rows: np.ndarray, coreset: np.ndarray | None, stop: int,
-             resume_path: str | None, callbacks: list[Any] | None) -> ray.train.Result:
+             resume_path: str | None, callbacks: list[Any] | None, *,
+             subset_uri: str | None = None) -> ray.train.Result:
         cfg = self.cfg
         # The shard/block order is fixed per run (epoch=0) so that the data of epoch e does not
         # depend on where a fit started (exact resume); epochs differ through the worker's seeded
         # local shuffle.
-        ds = read_dataset(cfg.data.manifest, s3_endpoint=self.endpoint, indices=rows,
-                          shuffle_seed=cfg.data.shuffle_seed, epoch=0)
+        if subset_uri is not None:  # the coreset, materialised by the caller
+            ds = read_dataset(subset_uri, s3_endpoint=self.endpoint, shuffle_seed=cfg.data.shuffle_seed, epoch=0)
+        else:
+            ds = read_dataset(cfg.data.manifest, s3_endpoint=self.endpoint, indices=rows,
+                              shuffle_seed=cfg.data.shuffle_seed, epoch=0)
         if cfg.data.deterministic:
             ds.context.execution_options.preserve_order = True
         workers = cfg.scaling.num_workers
@@ -465,6 +479,17 @@ class SegmentedRun:
             return trainer.fit()
         except Exception as e:  # Ray raises TrainingFailedError after max_failures
             return ray.train.Result(metrics=None, checkpoint=None, error=e, path=self.run_dir)  # type: ignore[call-arg]
+
+    def _drop_subsets(self) -> None:
+        """Delete the materialised coresets (the indices stay in coresets/*.npy and checkpoints)."""
+        loc = resolve(self._uri("coresets"), s3_endpoint=self.endpoint)
+        try:
+            infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+            for i in infos:
+                if i.type == pafs.FileType.Directory:
+                    loc.fs.delete_dir(i.path)
+        except OSError as e:  # a leftover subset wastes space but loses nothing
+            self.log(f"could not delete materialised coresets under {loc.uri}: {e}")
 
     def _finish(self, manifest: Manifest, progress: dict) -> RunResult:
         cfg = self.cfg
@@ -500,6 +525,7 @@ class SegmentedRun:
             "encoder": "encoder.pt", "checkpoint": progress["checkpoint"], "sessions": progress["sessions"],
             **self.spec.summary_extra(manifest, st),
         }
+        self._drop_subsets()
         write_json(self._uri("summary.json"), summary, self.endpoint)  # last: marks the run complete
         self.log(f"finished {self.name}: {st.epoch} epochs in {wall:.1f}s -> {enc_uri}")
         return RunResult(run_dir=self.run_dir, encoder_path=enc_uri, summary=summary, progress=progress)
