@@ -168,7 +168,12 @@ def test_plain_sat_two_workers(ray_local, data, tmp_path):
     res = run_sat(cfg)
     rows = _metrics(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    for r in rows:  # plain SAT trains on all 200 images (no validation split)
-        assert r["shard_overlap"] == 0 and r["shard_union"] == N_TRAIN and r["coreset_size"] is None
+    # the RCS validation images are held out with RCS off too (like with like, issue 11)
+    from pipeline.data.shards import split_by_index
+
+    n_train = len(split_by_index(N_TRAIN, cfg.data.val_fraction, cfg.train.seed)[0])
+    assert n_train < N_TRAIN
+    for r in rows:
+        assert r["shard_overlap"] == 0 and r["shard_union"] == n_train and r["coreset_size"] is None
     assert rows[-1]["train_adv_acc"] > rows[0]["train_adv_acc"]
     assert res.summary["num_workers"] == 2 and res.summary["rcs"]["selections"] == []
