@@ -63,6 +63,32 @@ def use_stream(cfg: FinetuneConfig, indices: list[int] | None) -> bool:
     return n > cfg.data.stream_above
 
 
+def _end_epoch(r: dict[str, Any], *, epoch: int, mode: str, mcfg: Any, opt: Any, sched: Any,
+               model: torch.nn.Module, num_classes: int, rank: int, local_mode: bool, log: Any) -> None:
+    """Step the schedule, log and report one epoch; the last report carries the classifier."""
+    from pipeline.models import save_encoder
+
+    lr = opt.param_groups[0]["lr"]
+    sched.step()
+    metrics = {"mode": mode, "epoch": epoch, "loss": r["loss"], "lr": lr, "seconds": r["seconds"]}
+    log(f"{mode} epoch {epoch}/{mcfg.epochs} loss {r['loss']:.4f} lr {lr:.4g} ({r['seconds']:.1f} s)")
+    if epoch < mcfg.epochs:
+        ray.train.report(metrics)  # [3] progress only
+        return
+    # A fresh folder, not a TemporaryDirectory: in local mode (num_workers=0) Ray Train keeps
+    # the checkpoint where it is instead of copying it, so the driver removes it after loading.
+    d = tempfile.mkdtemp(prefix="finetune-ckpt-")
+    if rank == 0:
+        final = finalize_for_eval(model, mcfg).cpu()
+        save_encoder(Path(d) / "classifier.pt", final,
+                     {"mode": mode, "num_classes": num_classes, "epochs": mcfg.epochs})
+    # [4] the final report carries rank 0's exported classifier
+    ckpt = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
+    ray.train.report(metrics, checkpoint=ckpt)
+    if not local_mode:
+        shutil.rmtree(d, ignore_errors=True)  # Ray has copied it to the run's storage
+
+
 NORM_SAMPLE_ROWS = 8192  # streamed fine-tuning: images behind the standardised probe's mean / std
 
 
@@ -87,7 +113,6 @@ def _stream_loop(cfg: FinetuneConfig, config: dict[str, Any], encoder: torch.nn.
     """The worker loop over streamed batches (memory bounded by the shuffle buffer)."""
     from pipeline.data.shards import read_manifest, stream_batches, stream_rows_per_rank
     from pipeline.finetune.modes import run_epoch_stream
-    from pipeline.models import save_encoder
 
     ep = cfg.data.s3_endpoint or None
     m = read_manifest(cfg.data.train_manifest, s3_endpoint=ep)
@@ -121,29 +146,13 @@ def _stream_loop(cfg: FinetuneConfig, config: dict[str, Any], encoder: torch.nn.
         r = run_epoch_stream(module, batches, mode=mode, cfg=mcfg, optimizer=opt, epoch=epoch,
                              device=device, steps=steps, seed=cfg.train.seed, rank=rank,
                              padding=cfg.train.padding, log_every=cfg.train.log_every, log=log)
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        metrics = {"mode": mode, "epoch": epoch, "loss": r["loss"], "lr": lr, "seconds": r["seconds"]}
-        log(f"{mode} epoch {epoch}/{mcfg.epochs} loss {r['loss']:.4f} lr {lr:.4g} ({r['seconds']:.1f} s)")
-        if epoch < mcfg.epochs:
-            ray.train.report(metrics)  # [3] progress only
-            continue
-        d = tempfile.mkdtemp(prefix="finetune-ckpt-")
-        if rank == 0:
-            final = finalize_for_eval(model, mcfg).cpu()
-            save_encoder(Path(d) / "classifier.pt", final,
-                         {"mode": mode, "num_classes": num_classes, "epochs": mcfg.epochs})
-        # [4] the final report carries rank 0's exported classifier
-        ckpt = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=ckpt)
-        if not config.get("local_mode"):
-            shutil.rmtree(d, ignore_errors=True)
+        _end_epoch(r, epoch=epoch, mode=mode, mcfg=mcfg, opt=opt, sched=sched, model=model,
+                   num_classes=num_classes, rank=rank, local_mode=bool(config.get("local_mode")), log=log)
 
 
 def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: fine-tune ``config['mode']`` and report per-epoch metrics."""
     from pipeline.finetune.driver import load_pretrained  # checkpoint auto-detection
-    from pipeline.models import save_encoder
 
     cfg: FinetuneConfig = from_dict(FinetuneConfig, config["cfg"])
     mode: str = config["mode"]
@@ -179,22 +188,5 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         m = run_epoch(module, x, y, mode=mode, cfg=mcfg, optimizer=opt, epoch=epoch,
                       seed=cfg.train.seed, rank=rank, world=world, padding=cfg.train.padding,
                       log_every=cfg.train.log_every, max_steps=cfg.train.max_steps_per_epoch, log=log)
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        metrics = {"mode": mode, "epoch": epoch, "loss": m["loss"], "lr": lr, "seconds": m["seconds"]}
-        log(f"{mode} epoch {epoch}/{mcfg.epochs} loss {m['loss']:.4f} lr {lr:.4g} ({m['seconds']:.1f} s)")
-        if epoch < mcfg.epochs:
-            ray.train.report(metrics)  # [3] progress only
-            continue
-        # A fresh folder, not a TemporaryDirectory: in local mode (num_workers=0) Ray Train keeps
-        # the checkpoint where it is instead of copying it, so the driver removes it after loading.
-        d = tempfile.mkdtemp(prefix="finetune-ckpt-")
-        if rank == 0:
-            final = finalize_for_eval(model, mcfg).cpu()
-            save_encoder(Path(d) / "classifier.pt", final,
-                         {"mode": mode, "num_classes": num_classes, "epochs": mcfg.epochs})
-        # [4] the final report carries rank 0's exported classifier
-        ckpt = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=ckpt)
-        if not config.get("local_mode"):
-            shutil.rmtree(d, ignore_errors=True)  # Ray has copied it to the run's storage
+        _end_epoch(m, epoch=epoch, mode=mode, mcfg=mcfg, opt=opt, sched=sched, model=model,
+                   num_classes=num_classes, rank=rank, local_mode=bool(config.get("local_mode")), log=log)
