@@ -1,4 +1,4 @@
-"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,scale,attack-scope} [args]``.
+"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,scale,attack-scope,workers} [args]``.
 
 Dispatches to ``pipeline.benchmarks.<name>.main(argv)`` (imported only when asked for, so the
 step benchmark runs on a GPU box without Ray). Each benchmark prints a table and writes JSON
@@ -15,6 +15,8 @@ step benchmark runs on a GPU box without Ray). Each benchmark prints a table and
     python -m jobs.benchmark rcs --smoke-test
     # PGD on each worker's local loss vs on the global batch (what loss.gather leaves local)
     python -m jobs.benchmark attack-scope --batch 128 --workers 1,2,4,8
+    # same global batch on 1 and 2 Ray Train workers (loss.gather): loss curves side by side
+    python -m jobs.benchmark workers --workers 1,2 --global-batch 128 --epochs 6
     # data-plane cost at ImageNet-32 size (RCS tasks, coreset epoch, fine-tuning loader)
     python -m jobs.benchmark scale --images 20000 --shard-size 154 --chunk-batches 8
     python -m jobs.benchmark scale        # 1,281,167 images, cached under ~/.cache/robust-pretrain/scale (or $SCALE_CACHE / --cache)
@@ -30,7 +32,7 @@ import importlib.util
 import sys
 from typing import Any
 
-BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "scale", "attack-scope")
+BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "scale", "attack-scope", "workers")
 PACKAGE = "pipeline.benchmarks"
 
 

@@ -122,7 +122,7 @@ def _main(argv: list[str]) -> int:
     base = [f"--data.manifest={train}", f"--scaling.num_workers={args.num_workers}"]
     if args.small:
         base += ["--train.epochs=4", "--rcs.warmup_epochs=1", "--train.max_steps_per_epoch=3",
-                 "--train.batch_size=64", "--rcs.batch_size=32", "--model.width=4", "--loss.dynaug_period=2"]
+                 "--train.global_batch_size=64", "--rcs.batch_size=32", "--model.width=4", "--loss.dynaug_period=2"]
     print("[demo] 2/4 pre-training: CL, ACL, AIR, ACL-RCS, ACL-random-k (+ a random encoder)", flush=True)
     dirs: dict[str, str] = {}
     for name, loss, extra in RUNS:

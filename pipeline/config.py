@@ -155,10 +155,24 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# keys that were renamed: named in the error instead of a bare 'unknown key'
+RENAMED = {
+    "train.batch_size": "train.global_batch_size (the batch across all workers; "
+                        "train.batch_size was per worker: multiply it by the number of workers)",
+}
+
+
+def _renamed(key: str) -> None:
+    if key in RENAMED:
+        raise ConfigError(f"{key!r} was renamed: use {RENAMED[key]}")
+
+
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    for k in unknown:
+        _renamed(f"{prefix}.{k}" if prefix else k)
     if unknown:
         where = f"section '{prefix}'" if prefix else f"{cls.__name__}"
         raise ConfigError(
@@ -272,6 +286,7 @@ def _check_path(cls: type, parts: list[str], raw: str) -> None:
             raise ConfigError(f"override {raw!r}: '{'.'.join(parts[:i])}' is not a section")
         hints = _hints(tp)
         if p not in hints:
+            _renamed(".".join(parts[: i + 1]))
             sect = ".".join(parts[:i]) or tp.__name__
             raise ConfigError(
                 f"override {raw!r}: unknown key '{'.'.join(parts[: i + 1])}' "
@@ -480,7 +495,10 @@ def resolve_rcs_gpu(cfg: Any) -> None:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1000
-    batch_size: int = 512  # per worker
+    # The batch the loss sees, across all workers (the authors' DataParallel batch); each of W
+    # workers takes global_batch_size / W (see per_worker_batch). With loss.gather the contrastive
+    # objective is that of one batch of this size, whatever W is.
+    global_batch_size: int = 512
     seed: int = 1
     checkpoint_every: int = 1  # epochs
     amp: Literal["none", "bf16", "fp16"] = "none"
@@ -496,6 +514,35 @@ class TrainConfig:
             raise ConfigError(f"train.checkpoint_every must be >= 1 (epochs), got {self.checkpoint_every}")
         if self.log_every < 0 or self.max_steps_per_epoch < 0:
             raise ConfigError("train.log_every and train.max_steps_per_epoch must be >= 0")
+        if self.global_batch_size < 1:
+            raise ConfigError(f"train.global_batch_size must be >= 1, got {self.global_batch_size}")
+
+    def per_worker_batch(self, world: int) -> int:
+        """The per-worker batch for ``world`` workers (checked: equal shares, no remainder)."""
+        return per_worker_batch(self.global_batch_size, world)
+
+
+def per_worker_batch(global_batch: int, world: int) -> int:
+    """``global_batch / world``; a ConfigError names the field when it does not divide."""
+    world = max(1, int(world))
+    if global_batch % world:
+        raise ConfigError(
+            f"train.global_batch_size ({global_batch}) must be divisible by the number of workers ({world}): "
+            f"every worker takes an equal share (e.g. --train.global_batch_size={global_batch // world * world or world})")
+    return global_batch // world
+
+
+def batch_and_lr_line(cfg: Any) -> str:
+    """One line stating the global batch, the per-worker batch and the effective peak lr."""
+    from pipeline.train.optim import scaled_lr  # lazy: config stays import-light
+
+    world = max(1, cfg.scaling.num_workers)
+    g = cfg.train.global_batch_size
+    o = cfg.optim
+    lr = scaled_lr(o, g)
+    how = "" if o.lr_scaling == "none" else f" = {o.lr:g} x {o.lr_scaling}({g}/{o.batch_ref})"
+    return (f"batch: global {g} = {world} worker(s) x {per_worker_batch(g, world)}; "
+            f"peak lr {lr:g}{how} (optim.lr_scaling={o.lr_scaling})")
 
 
 @dataclass(frozen=True)
@@ -547,8 +594,9 @@ class PretrainConfig:
                 f"rcs.warmup_epochs ({self.rcs.warmup_epochs}) must be < train.epochs ({self.train.epochs}) "
                 f"for RCS to select anything"
             )
-        if self.train.epochs < 1 or self.train.batch_size < 1:
-            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if self.train.epochs < 1:
+            raise ConfigError("train.epochs must be >= 1")
+        self.train.per_worker_batch(self.scaling.num_workers)  # divisible by the workers
 
     def run_name(self) -> str:
         return self.run.name or f"pretrain-{self.loss.mode}-{config_hash(self)}"

@@ -65,7 +65,7 @@ def pretrain_in_process(
     opt = build_optimizer(cfg.optim, net.parameters())
     forward = PretrainForward(net)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    bs = cfg.train.batch_size
+    bs = cfg.train.global_batch_size  # one process: the whole batch
     history: list[dict[str, float]] = []
     tau = 0.0
     for epoch in range(1, cfg.train.epochs + 1):

@@ -119,7 +119,7 @@ class SATRCSConfig(RCSConfig):
 @dataclass(frozen=True)
 class SATTrainConfig(TrainConfig):
     epochs: int = 100
-    batch_size: int = 256  # per worker
+    global_batch_size: int = 256  # across all workers (the authors' single-GPU batch)
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,9 @@ class SATConfig:
 
     def __post_init__(self) -> None:
         resolve_rcs_gpu(self)  # RCS tasks use the GPU when the trainer does, unless told
-        if self.train.epochs < 1 or self.train.batch_size < 1:
-            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if self.train.epochs < 1:
+            raise ConfigError("train.epochs must be >= 1")
+        self.train.per_worker_batch(self.scaling.num_workers)  # divisible by the workers
         if len(self.model.bn_names) != 1:
             raise ConfigError(f"model.bn_names: SAT trains a single-BN classifier, got "
                               f"{list(self.model.bn_names)} (use e.g. [normal])")

@@ -45,7 +45,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from pipeline.config import ConfigError, dump_yaml, to_dict
+from pipeline.config import ConfigError, batch_and_lr_line, dump_yaml, to_dict
 from pipeline.data.ray_datasets import read_dataset, verify_shards
 from pipeline.data.shards import Manifest, read_manifest, split_by_index, write_subset
 from pipeline.data.storage import delete, exists, join_uri, read_bytes, resolve, write_bytes_atomic
@@ -256,6 +256,7 @@ class SegmentedRun:
         cfg = self.cfg
         write_bytes_atomic(resolve(self._uri("config.yaml"), s3_endpoint=self.endpoint), dump_yaml(cfg).encode())
         self.log(f"run {self.name} -> {self.run_dir}\n{dump_yaml(cfg)}")
+        self.log(batch_and_lr_line(cfg))
 
     def _split(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
         """Disjoint train / validation indices; validation is only used by RCS (spec §5.1).

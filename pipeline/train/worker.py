@@ -94,7 +94,8 @@ class SegmentWorker:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.n_rows = int(seg["n_rows"])
-        self.steps = steps_per_epoch(self.n_rows, self.world, cfg.train.batch_size, cfg.train.max_steps_per_epoch)
+        self.batch = cfg.train.per_worker_batch(self.world)
+        self.steps = steps_per_epoch(self.n_rows, self.world, self.batch, cfg.train.max_steps_per_epoch)
         self.stop_epoch = int(seg["stop_epoch"])
         self.coreset = seg.get("coreset")
         self.epoch0, self.global_step, self.history = 0, 0, []
@@ -141,7 +142,7 @@ class SegmentWorker:
         return torch.compile(forward) if self.cfg.train.compile else forward
 
     def _batches(self, epoch: int) -> Any:
-        bs, seed = self.cfg.train.batch_size, self.cfg.train.seed
+        bs, seed = self.batch, self.cfg.train.seed
         # [3] this worker's equal share of the (sub)set, shuffled within a small window per epoch
         # (a big local shuffle buffer halves Ray Data throughput, ray #42317)
         return ray.train.get_dataset_shard("train").iter_torch_batches(
@@ -159,7 +160,7 @@ class SegmentWorker:
             step_fn: StepFn, summarize: SummarizeFn, describe: Callable[[dict[str, Any]], str],
             state_extra: dict[str, Any] | None = None) -> None:
         cfg, device = self.cfg, self.device
-        global_batch = cfg.train.batch_size * self.world
+        global_batch = self.batch * self.world  # == cfg.train.global_batch_size
         for epoch in range(self.epoch0 + 1, self.stop_epoch + 1):
             gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + self.rank)
             sums = torch.zeros(n_stats, device=device, dtype=torch.float64)

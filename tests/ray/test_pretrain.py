@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 BASE = [
     "--model.width=4", "--attack.steps=1", "--optim.lr=1.0", "--optim.warmup_epochs=1",
-    "--train.batch_size=32", "--train.log_every=0", "--rcs.enabled=false",
+    "--train.global_batch_size=32", "--train.log_every=0", "--rcs.enabled=false",
     "--data.val_fraction=0.1", "--data.deterministic=true", "--scaling.cpus_per_worker=0.5",
 ]
 
@@ -74,7 +74,7 @@ def test_two_workers_disjoint_shards_loss_down(ray_local, manifest, tmp_path):
     from pipeline.train.driver import run_pretrain
 
     cfg = _cfg(manifest, tmp_path, "ddp2", "--loss.mode=acl", "--scaling.num_workers=2",
-               "--train.epochs=4", "--train.audit_shards=true", "--optim.lr=2.0", "--train.batch_size=16")
+               "--train.epochs=4", "--train.audit_shards=true", "--optim.lr=2.0", "--train.global_batch_size=32")
     res = run_pretrain(cfg)
     rows = _metrics(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 BASE = [
     "--model.width=4", "--attack.steps=1", "--optim.lr=1.0", "--optim.warmup_epochs=1",
-    "--train.batch_size=32", "--train.log_every=0", "--rcs.enabled=false", "--loss.mode=acl",
+    "--train.global_batch_size=32", "--train.log_every=0", "--rcs.enabled=false", "--loss.mode=acl",
     "--data.val_fraction=0.1", "--data.deterministic=true", "--scaling.cpus_per_worker=0.5",
 ]
 

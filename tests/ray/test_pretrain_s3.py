@@ -50,7 +50,7 @@ def test_pretrain_with_data_and_runs_on_s3(ray_with_s3_env, tmp_path):
     cfg = load_config(PretrainConfig, None, [
         f"--data.manifest={data_uri}", f"--run.storage_path={runs_uri}", "--run.name=s3run",
         "--model.width=4", "--attack.steps=1", "--loss.mode=acl", "--optim.warmup_epochs=1",
-        "--train.epochs=3", "--train.batch_size=16", "--train.max_steps_per_epoch=2", "--train.log_every=0",
+        "--train.epochs=3", "--train.global_batch_size=16", "--train.max_steps_per_epoch=2", "--train.log_every=0",
         "--scaling.num_workers=1", "--scaling.cpus_per_worker=0.5", "--data.val_fraction=0.1",
         "--rcs.enabled=true", "--rcs.fraction=0.5", "--rcs.warmup_epochs=1", "--rcs.interval=2",
         "--rcs.batch_size=8", "--rcs.chunk_batches=2", "--rcs.pgd_steps=1", "--rcs.train_pgd_steps=1",

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 N_TRAIN, N_TEST = 200, 40
 BASE = [
-    "--model.arch=resnet18", "--model.width=4", "--train.batch_size=32", "--train.log_every=0",
+    "--model.arch=resnet18", "--model.width=4", "--train.global_batch_size=32", "--train.log_every=0",
     "--data.val_fraction=0.1", "--data.deterministic=true", "--scaling.cpus_per_worker=0.5",
 ]
 RCS = ["--rcs.enabled=true", "--rcs.fraction=0.5", "--rcs.warmup_epochs=1", "--rcs.interval=1",
@@ -163,7 +163,7 @@ def test_plain_sat_two_workers(ray_local, data, tmp_path):
     train, test = data
     cfg = load_config(SATConfig, None, [
         *BASE, f"--data.manifest={train}", f"--test.manifest={test}", "--scaling.num_workers=2",
-        "--train.epochs=3", "--train.batch_size=16", "--attack.steps=3", "--train.audit_shards=true",
+        "--train.epochs=3", "--train.global_batch_size=32", "--attack.steps=3", "--train.audit_shards=true",
         f"--run.storage_path={tmp_path}", "--run.name=ddp"])
     res = run_sat(cfg)
     rows = _metrics(res.run_dir)

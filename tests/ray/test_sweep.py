@@ -131,7 +131,7 @@ def test_tune_sweep_grid_plus_baseline(ray_local, tmp_path):
     manifest = _tiny_dataset(tmp_path)
     base = load_config(PretrainConfig, DEMO, [
         f"--data.manifest={manifest}", "--data.val_fraction=0.1", "--model.width=4", "--attack.steps=1",
-        "--train.epochs=2", "--train.batch_size=32", "--train.max_steps_per_epoch=2",
+        "--train.epochs=2", "--train.global_batch_size=32", "--train.max_steps_per_epoch=2",
         "--rcs.interval=1", "--rcs.batch_size=32", "--rcs.chunk_batches=2", "--rcs.pgd_steps=1",
         "--rcs.train_pgd_steps=1", "--scaling.num_workers=1", "--scaling.cpus_per_worker=0.5",
         "--scaling.max_failures=0", f"--run.storage_path={tmp_path / 'runs'}",
@@ -218,7 +218,7 @@ def test_asha_stops_the_worse_trial(ray_local, tmp_path):
     manifest = _tiny_dataset(tmp_path)
     base = load_config(PretrainConfig, DEMO, [
         f"--data.manifest={manifest}", "--model.width=4", "--attack.steps=1", "--rcs.enabled=false",
-        "--train.epochs=3", "--train.batch_size=32", "--train.max_steps_per_epoch=2",
+        "--train.epochs=3", "--train.global_batch_size=32", "--train.max_steps_per_epoch=2",
         "--scaling.num_workers=1", "--scaling.cpus_per_worker=0.5", "--scaling.max_failures=0",
         f"--run.storage_path={tmp_path / 'runs'}",
     ])

@@ -29,7 +29,7 @@ def test_event_files_hold_every_epoch_metric(ray_local, tmp_path):
     cfg = load_config(PretrainConfig, None, [
         f"--data.manifest={tmp_path / 'data'}", f"--run.storage_path={tmp_path / 'runs'}", "--run.name=tb",
         "--model.width=4", "--attack.steps=1", "--loss.mode=air", "--optim.warmup_epochs=0",
-        "--train.epochs=2", "--train.batch_size=16", "--train.max_steps_per_epoch=2", "--train.log_every=0",
+        "--train.epochs=2", "--train.global_batch_size=16", "--train.max_steps_per_epoch=2", "--train.log_every=0",
         "--scaling.num_workers=0", "--data.val_fraction=0.1", "--rcs.enabled=true", "--rcs.fraction=0.5",
         "--rcs.warmup_epochs=1", "--rcs.interval=1", "--rcs.batch_size=8", "--rcs.chunk_batches=2",
         "--rcs.pgd_steps=1", "--rcs.train_pgd_steps=1",

@@ -24,7 +24,7 @@ from pipeline.config import (
 def test_defaults_match_authors_cifar_recipe():
     c = PretrainConfig()
     # spec §3.5: batch 512, 1000 epochs, LARS 5.0, 10 warm-up epochs, t=0.5, PGD 8/255, 2/255, 5
-    assert (c.train.batch_size, c.train.epochs, c.optim.name, c.optim.lr) == (512, 1000, "lars", 5.0)
+    assert (c.train.global_batch_size, c.train.epochs, c.optim.name, c.optim.lr) == (512, 1000, "lars", 5.0)
     assert c.optim.warmup_epochs == 10.0 and c.loss.temperature == 0.5
     assert c.attack.eps == pytest.approx(8 / 255) and c.attack.alpha == pytest.approx(2 / 255)
     assert c.attack.steps == 5 and c.model.bn_names == ("normal", "pgd")
@@ -33,10 +33,10 @@ def test_defaults_match_authors_cifar_recipe():
 def test_yaml_and_overrides(tmp_path: Path):
     p = tmp_path / "c.yaml"
     p.write_text("rcs:\n  enabled: true\n  fraction: 0.2\n  warmup_epochs: 3\ntrain:\n  epochs: 17\n")
-    c = load_config(PretrainConfig, p, ["--rcs.fraction=0.05", "train.batch_size=64", "--model.bn_names=pgd,normal"])
+    c = load_config(PretrainConfig, p, ["--rcs.fraction=0.05", "train.global_batch_size=64", "--model.bn_names=pgd,normal"])
     assert c.rcs.enabled is True
     assert c.rcs.fraction == 0.05  # override wins over the file
-    assert c.train.epochs == 17 and c.train.batch_size == 64
+    assert c.train.epochs == 17 and c.train.global_batch_size == 64
     assert c.model.bn_names == ("pgd", "normal")
     assert isinstance(c.rcs.fraction, float)
 
@@ -170,3 +170,57 @@ def test_pretrain_job_cli_errors_name_the_key(capsys):
     assert "unrecognised argument(s) ['stray']" in capsys.readouterr().err
     cfg = jobs.pretrain.parse(["--config", str(CONFIGS / "demo.yaml"), "--num-workers", "3", "--use-gpu"])
     assert cfg.scaling.num_workers == 3 and cfg.scaling.use_gpu is True
+
+
+# --- issue 13: one batch semantics (global), per-worker derived, effective lr stated ---------------
+
+def test_global_batch_is_split_equally_over_the_workers():
+    c = load_config(PretrainConfig, None, ["--train.global_batch_size=512", "--scaling.num_workers=8"])
+    assert c.train.per_worker_batch(8) == 64
+    assert c.train.per_worker_batch(0) == 512  # local mode = one process
+    assert c.train.per_worker_batch(1) == 512
+
+
+def test_global_batch_that_does_not_divide_names_the_field_and_a_fix():
+    with pytest.raises(ConfigError, match=r"train.global_batch_size \(100\) must be divisible by the number "
+                                          r"of workers \(8\).*--train.global_batch_size=96"):
+        load_config(PretrainConfig, None, ["--train.global_batch_size=100", "--scaling.num_workers=8"])
+
+
+def test_old_per_worker_key_is_refused_with_the_new_name(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"'train.batch_size' was renamed: use train.global_batch_size"):
+        load_config(PretrainConfig, None, ["--train.batch_size=64"])
+    y = tmp_path / "old.yaml"
+    y.write_text("train:\n  batch_size: 64\n")
+    with pytest.raises(ConfigError, match=r"'train.batch_size' was renamed.*multiply it by the number of workers"):
+        load_config(PretrainConfig, y)
+
+
+def test_batch_and_lr_line_states_global_per_worker_and_effective_lr():
+    from pipeline.config import batch_and_lr_line
+
+    c = load_config(PretrainConfig, None, ["--train.global_batch_size=4096", "--scaling.num_workers=8",
+                                           "--optim.lr=5.0", "--optim.lr_scaling=linear", "--optim.batch_ref=512"])
+    # linear: 5.0 x 4096 / 512 = 40
+    assert batch_and_lr_line(c) == ("batch: global 4096 = 8 worker(s) x 512; peak lr 40 = 5 x linear(4096/512) "
+                                    "(optim.lr_scaling=linear)")
+    c = load_config(PretrainConfig, None, ["--train.global_batch_size=512", "--scaling.num_workers=0",
+                                           "--optim.lr=0.6"])
+    assert batch_and_lr_line(c) == "batch: global 512 = 1 worker(s) x 512; peak lr 0.6 (optim.lr_scaling=none)"
+
+
+def test_recipes_state_a_global_batch_that_their_worker_counts_divide():
+    import re
+
+    for y in sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml")):
+        text = y.read_text()
+        if "train:" not in text or text.lstrip().startswith("mode:") or "finetune" in y.name or "sweep" in y.name:
+            continue
+        m = re.search(r"--num-workers (\d+)", text)
+        if not m:
+            continue
+        from pipeline.train.sat import SATConfig
+
+        cls = SATConfig if y.name.startswith("sat_") else PretrainConfig
+        c = load_config(cls, y, [f"--scaling.num_workers={m.group(1)}"])  # raises if it does not divide
+        assert c.train.per_worker_batch(int(m.group(1))) * int(m.group(1)) == c.train.global_batch_size

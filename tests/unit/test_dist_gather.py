@@ -129,3 +129,13 @@ def test_attack_scope_benchmark_local_attacks_still_ascend_the_global_loss(tmp_p
     for r in res["rows"]:
         assert r["cl_adv_global"] > res["cl_clean"], r
         assert 0 < r["delta_diff_over_eps"] <= 2.0  # perturbations live in the same eps-ball
+
+
+def test_workers_benchmark_gap_is_the_largest_relative_difference():
+    from pipeline.benchmarks.workers import _parse, max_rel_gap
+
+    # |4.4 - 4.0| / 4.0 = 0.1 beats |5.1 - 5.0| / 5.0 = 0.02; extra epochs of one curve are ignored
+    assert max_rel_gap([5.1, 4.4, 9.9], [5.0, 4.0]) == pytest.approx(0.1)
+    assert _parse(["--workers", "1,2,4"]).worker_counts == [1, 2, 4]
+    with pytest.raises(SystemExit):
+        _parse(["--workers", "0,2"])

@@ -28,6 +28,7 @@ RAY_ALLOWED = {
     "ray_utils.py",
     "benchmarks/data.py",
     "benchmarks/rcs.py",
+    "benchmarks/workers.py",
 }
 CORE_PACKAGES = ["models", "losses", "attacks", "coreset", "data", "train", "eval", "finetune", "report"]
 

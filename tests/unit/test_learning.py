@@ -27,7 +27,7 @@ PER_CLASS, TEST_PER_CLASS = 50, 20
 # The short-budget recipe (jobs/configs/short_budget_acl.yaml) at 16 px on 500 images: 30 epochs of
 # 5 steps; PGD-2 at step 2/255 in pre-training (the yaml uses 4/255).
 RECIPE = ["--model.width=8", "--model.head=proj2", "--optim.name=adam", "--optim.lr=0.003",
-          "--optim.warmup_epochs=1", "--train.batch_size=100", "--loss.aug_strength=0.5",
+          "--optim.warmup_epochs=1", "--train.global_batch_size=100", "--loss.aug_strength=0.5",
           "--attack.steps=2", "--train.epochs=30"]
 
 

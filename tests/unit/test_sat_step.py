@@ -167,7 +167,7 @@ def test_config_defaults_are_the_spec_recipe():
     o = cfg.optim
     assert (o.name, o.lr, o.momentum, o.weight_decay, o.warmup_epochs) == ("sgd", 0.1, 0.9, 5e-4, 0.0)
     assert cfg.sat.nesterov and cfg.sat.padding == 4
-    assert (cfg.train.epochs, cfg.train.batch_size) == (100, 256)
+    assert (cfg.train.epochs, cfg.train.global_batch_size) == (100, 256)
     r = cfg.rcs
     assert (r.fraction, r.interval, r.chunk_batches, r.pgd_steps, r.train_pgd_steps, r.rd_loss) == (
         0.1, 10, 100, 1, 1, "softmax_kl")
