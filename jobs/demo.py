@@ -102,6 +102,9 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--all-modes", action="store_true", help="ALF and AFF too (SLF only by default)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers; 0 (default) = Train local mode, in-process: no worker-group start per fit on a laptop")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of the in-process (local-mode) training; 0 (default) = OMP_NUM_THREADS "
+                        "(1 under make: 2 threads were slower than 1 on a loaded 2-core machine)")
     p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     args = p.parse_args(argv)
     check_persistent("--out", args.out)
@@ -109,6 +112,10 @@ def _main(argv: list[str]) -> int:
         from pipeline.config import ConfigError
 
         raise ConfigError(f"--num-workers must be >= 0 (0 = local mode), got {args.num_workers}")
+    if args.num_workers == 0 and args.threads > 0:  # the in-process trainer reads OMP_NUM_THREADS
+        import os
+
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)

@@ -5,8 +5,8 @@ One results dict per evaluated model ("mode": SLF / ALF / AFF / EVAL):
     {"mode", "clean_acc", "pgd20_acc", "aa_acc", "aa_version", "worst_case_acc",
      "corruptions": {"source": "files"|"generated", "per_corruption": {c: {s: acc}},
                      "per_severity": {s: acc}, "mean": acc} | None,
-     "corruptions_source", "checkpoint": {"path", "sha256"}, "n_examples", "times", "config",
-     "warnings"}
+     "corruptions_source", "checkpoint": {"path", "sha256"}, "n_examples", "aa_n_examples"
+     (AutoAttack's subset, eval.aa_examples), "times", "config", "warnings"}
 
 Accuracies are fractions in [0,1] in JSON; log lines and tables print percent, two decimals,
 as the authors' result/log.txt (spec §6.3).
@@ -143,6 +143,12 @@ def eps_label(eps: Any) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{float(eps):.6g}"
 
 
+def _n_label(r: dict[str, Any]) -> str:
+    """``200`` or ``200 (AA 100)`` when AutoAttack ran on a subset."""
+    n, n_aa = r.get("n_examples", ""), r.get("aa_n_examples")
+    return f"{n} (AA {n_aa})" if n_aa is not None and n_aa != n else f"{n}"
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """| mode | clean | PGD-20 | AA (version) | corruption mean | CS-1 | CS-3 | CS-5 | source | n | eps |"""
     head = ("| mode | clean % | PGD-20 % | AA % | AA version | corr. mean % | CS-1 % | CS-3 % | CS-5 % "
@@ -156,7 +162,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             f"| {r['mode']} | {_pct(r.get('clean_acc'))} | {_pct(r.get('pgd20_acc'))} | "
             f"{_pct(r.get('aa_acc'))} | {r.get('aa_version') or '-'} | {_pct(corr.get('mean'))} | "
             f"{_pct(ps.get(1))} | {_pct(ps.get(3))} | {_pct(ps.get(5))} | "
-            f"{corr.get('source', '-')} | {r.get('n_examples', '')} | {eps_label(r.get('eps'))} |"
+            f"{corr.get('source', '-')} | {_n_label(r)} | {eps_label(r.get('eps'))} |"
         )
     return "\n".join(rows) + "\n"
 

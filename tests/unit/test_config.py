@@ -168,8 +168,8 @@ def test_pretrain_job_cli_errors_name_the_key(capsys):
     assert "rcs.fracton" in capsys.readouterr().err
     assert jobs.pretrain.main(["--config", str(CONFIGS / "demo.yaml"), "stray"]) == 2
     assert "unrecognised argument(s) ['stray']" in capsys.readouterr().err
-    cfg = jobs.pretrain.parse(["--config", str(CONFIGS / "demo.yaml"), "--num-workers", "3", "--use-gpu"])
-    assert cfg.scaling.num_workers == 3 and cfg.scaling.use_gpu is True
+    cfg = jobs.pretrain.parse(["--config", str(CONFIGS / "demo.yaml"), "--num-workers", "4", "--use-gpu"])
+    assert cfg.scaling.num_workers == 4 and cfg.scaling.use_gpu is True
 
 
 # --- issue 13: one batch semantics (global), per-worker derived, effective lr stated ---------------

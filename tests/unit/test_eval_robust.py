@@ -217,3 +217,42 @@ def test_evaluate_model_results_dict(trained, test_set):
     xt = to_float(x)
     assert np.array_equal(evaluate_flags(trained, x, y, EvalConfig(attacks=("clean",)))["clean"],
                           clean_flags(trained, xt, torch.as_tensor(y)).numpy())
+
+
+def test_autoattack_on_a_subset_runs_everything_else_on_all_examples():
+    """eval.aa_examples: AA attacks only the first n; clean/PGD-20 keep every example; the
+    PGD-20-vs-AA order check and the worst case use the subset; results say how many."""
+    import numpy as np
+
+    from pipeline.eval.robust import EvalConfig, evaluate_model
+
+    seen: list[tuple[tuple[str, ...], int]] = []
+
+    def flags_fn(model, images, labels, cfg):
+        seen.append((cfg.attacks, len(labels)))
+        n = len(labels)
+        out = {}
+        if "clean" in cfg.attacks:
+            out["clean"] = np.ones(n, bool)
+        if "pgd20" in cfg.attacks:
+            out["pgd20"] = np.arange(n) % 2 == 0  # 50 % on all 8, 2/4 on the first 4
+        if "autoattack" in cfg.attacks:
+            out["autoattack"] = np.array([True, False, False, False])[:n]  # 1/4
+        return out
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    images = np.zeros((8, 4, 4, 3), np.uint8)
+    labels = np.zeros(8, np.int64)
+    cfg = EvalConfig(attacks=("clean", "pgd20", "autoattack"), aa_examples=4, sanity_checks=False)
+    res = evaluate_model(net, images, labels, cfg, flags_fn=flags_fn)
+    assert seen == [(("clean", "pgd20"), 8), (("autoattack",), 4)]
+    assert (res["clean_acc"], res["pgd20_acc"], res["aa_acc"]) == (1.0, 0.5, 0.25)
+    assert (res["n_examples"], res["aa_n_examples"]) == (8, 4)
+    assert res["worst_case_acc"] == 0.25  # AND over the 4 AA examples: only example 0 survives
+    assert not res["warnings"]  # AA 25 % <= PGD-20 on the same 4 (50 %): no order warning
+    # aa_examples = 0 (all) or >= n: one pass with every attack on all (4) examples
+    for n_aa in (0, 8, 50):
+        seen.clear()
+        res = evaluate_model(net, images[:4], labels[:4], EvalConfig(aa_examples=n_aa, sanity_checks=False),
+                             flags_fn=flags_fn)
+        assert seen == [(("clean", "pgd20", "autoattack"), 4)] and res["aa_n_examples"] == 4
