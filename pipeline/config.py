@@ -417,11 +417,14 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    mode: Literal["simclr", "acl", "dynacl", "air"] = "air"
+    mode: str = "air"  # a pre-training method of pipeline.methods.METHODS: simclr, acl, dynacl, air
     temperature: float = 0.5  # 0.5 CIFAR/STL, 0.1 ImageNet-32
     lambda1: float = 0.5  # SIR weight (AIR)
     lambda2: float = 0.5  # AIR weight
     kl_form: Literal["released", "exact"] = "released"  # AIR KL as released, or a true KL (spec 4.1)
+    # DynAug (staircase strength s(e) and weight omega(e)): None = the method's default (on for
+    # dynacl and air); false with mode air = ACL-AIR, true with mode acl = DynACL
+    dynaug: Optional[bool] = None
     dynaug_period: int = 50  # K: staircase length in epochs
     dynaug_lambda: float = 2 / 3  # omega = lambda * (1 - s)
     half: bool = False  # RCS repo's ACL divides (L_nat + L_adv) by 2
@@ -433,6 +436,11 @@ class LossConfig:
     aug_strength: float = 1.0
 
     def __post_init__(self) -> None:
+        from pipeline.methods import METHODS  # the registry (torch only; no Ray)
+
+        if self.mode not in METHODS:
+            raise ConfigError(f"loss.mode: {self.mode!r} is not a pre-training method; one of {list(METHODS)} "
+                              "(pipeline/methods/)")
         if not 0.0 <= self.aug_strength <= 1.0:
             raise ConfigError(f"loss.aug_strength must be in [0, 1], got {self.aug_strength}")
 

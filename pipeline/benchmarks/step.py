@@ -132,8 +132,8 @@ def baseline_loss(
         return air_loss(z[:n], z[n:], z_o, z_adv[:n], z_adv[n:], weight=s.weight,
                         lambda1=s.lambda1, lambda2=s.lambda2, temperature=s.temperature,
                         kl_form=s.kl_form).total
-    weight = s.weight if s.mode == "dynacl" else 0.0
-    return acl_loss_parts(z[:n], z[n:], z_adv[:n], z_adv[n:], weight=weight,
+    # ACL / DynACL: omega = s.weight (0 for plain ACL, which has no DynAug schedule)
+    return acl_loss_parts(z[:n], z[n:], z_adv[:n], z_adv[n:], weight=s.weight,
                           temperature=s.temperature, half=s.half).total
 
 

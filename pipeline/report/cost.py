@@ -309,14 +309,14 @@ def passes_per_image(mode: str = "acl", pgd_steps: int = 5, *, weight_grad_free:
     so 42F at T = 5. With PGD that skips weight gradients a step costs 2F: 2(2T + 6) = 32F.
     AIR adds one forward+backward of the original image (+3F). SimCLR: 2 views x 3F = 6F.
     """
-    m = mode.lower()
-    if m == "simclr":
+    from pipeline.methods import get_method
+
+    m = get_method(mode.lower())  # ValueError naming the registered methods
+    if not m.adversarial:
         return 6
-    if m not in ("acl", "dynacl", "air"):
-        raise ValueError(f"unknown mode {mode!r}; use simclr, acl, dynacl or air")
     step = 2 if weight_grad_free else 3
     f = 2 * (pgd_steps * step + 6)
-    return f + 3 if m == "air" else f
+    return f + 3 if m.originals else f
 
 
 def gflop_per_image(

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from pipeline.methods import METHODS
 from pipeline.report.cost import (
     DEFAULT_MFU,
     BUILTIN_PEAKS,
@@ -36,7 +37,7 @@ from pipeline.report.cost import (
     passes_per_image,
 )
 
-VIEWS = {"simclr": 2, "acl": 4, "dynacl": 4, "air": 5}  # projection rows per image in the loss
+VIEWS = {name: m.views for name, m in METHODS.items()}  # projection rows per image in the loss
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def allgather_s(total_bytes: float, gpus: int, ic: Interconnect) -> float:
 def backward_share(mode: str, pgd_steps: int = 5) -> float:
     """Fraction of a step's FLOPs spent in the training passes' backward (2F per training pass)."""
     total = passes_per_image(mode, pgd_steps, weight_grad_free=True)
-    training_passes = (VIEWS[mode] if mode != "simclr" else 2)  # forwards with a backward
+    training_passes = VIEWS[mode]  # forwards with a backward
     return 2 * training_passes / total
 
 

@@ -15,32 +15,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from pipeline.config import PretrainConfig, replace
-from pipeline.data.transforms import acl_weight, dynaug_strength
-from pipeline.models import build_from_config
+from pipeline.config import PretrainConfig
 from pipeline.train.optim import build_optimizer, lr_at, set_lr
-from pipeline.train.steps import PretrainForward, StepSettings, pretrain_loss
+from pipeline.train.steps import PretrainForward, build_pretrain_model, pretrain_loss, step_settings
 
 __all__ = ["pretrain_in_process", "build_encoder"]
 
 
 def build_encoder(cfg: PretrainConfig) -> torch.nn.Module:
-    """The pre-training network of ``cfg`` (one BN for SimCLR, as the Ray loop)."""
-    mcfg = cfg.model if cfg.loss.mode != "simclr" else replace(cfg.model, bn_names=("normal",))
-    return build_from_config(mcfg, head=mcfg.head)
-
-
-def _settings(cfg: PretrainConfig, epoch: int) -> StepSettings:
-    s, w = cfg.loss.aug_strength, 0.0
-    if cfg.loss.mode in ("dynacl", "air"):
-        s = cfg.loss.aug_strength * dynaug_strength(epoch, cfg.train.epochs, cfg.loss.dynaug_period)
-        w = acl_weight(epoch, cfg.train.epochs, cfg.loss.dynaug_period, cfg.loss.dynaug_lambda)
-    return StepSettings(
-        mode=cfg.loss.mode, strength=s, weight=w, temperature=cfg.loss.temperature,
-        lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2, kl_form=cfg.loss.kl_form,
-        half=cfg.loss.half, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
-        channels_last=cfg.model.channels_last,
-    )
+    """The pre-training network of ``cfg`` (the Ray loop's: one BN for SimCLR)."""
+    return build_pretrain_model(cfg)
 
 
 def pretrain_in_process(
@@ -75,7 +59,7 @@ def pretrain_in_process(
         steps = max(1, len(order) // bs)
         if cfg.train.max_steps_per_epoch > 0:
             steps = min(steps, cfg.train.max_steps_per_epoch)
-        s = _settings(cfg, epoch)
+        s = step_settings(cfg, epoch)
         total, n_ok, t0 = 0.0, 0, time.perf_counter()
         for i in range(steps):
             tau = (epoch - 1) + (i + 1) / steps

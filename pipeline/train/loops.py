@@ -13,45 +13,14 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig, from_dict
-from pipeline.data.transforms import acl_weight, dynaug_strength
-from pipeline.models import build_from_config
+from pipeline.methods import PARTS, get_method
 from pipeline.train.optim import build_optimizer
-from pipeline.train.steps import PretrainForward, StepSettings, pretrain_loss
+from pipeline.train.steps import (PretrainForward, StepSettings, build_pretrain_model, pretrain_loss,
+                                  schedule_values, step_settings)
 from pipeline.train.worker import SegmentWorker, steps_per_epoch
 
 __all__ = ["PARTS", "build_pretrain_model", "pretrain_loop_per_worker", "schedule_values", "step_settings",
            "steps_per_epoch"]
-
-PARTS = ("cl_nat", "cl_adv", "sir", "air")
-
-
-def build_pretrain_model(cfg: PretrainConfig) -> torch.nn.Module:
-    """The pre-training network: SimCLR uses one BN (as the authors without --ACL_DS)."""
-    mcfg = cfg.model
-    if cfg.loss.mode == "simclr":
-        from pipeline.config import replace
-
-        mcfg = replace(mcfg, bn_names=("normal",))
-    return build_from_config(mcfg, head=mcfg.head)
-
-
-def schedule_values(cfg: PretrainConfig, epoch: int) -> tuple[float, float]:
-    """(strength s, ACL weight omega) for a 1-based epoch (spec §2.3); DynAug for dynacl/air."""
-    if cfg.loss.mode in ("dynacl", "air"):
-        s = cfg.loss.aug_strength * dynaug_strength(epoch, cfg.train.epochs, cfg.loss.dynaug_period)
-        return s, acl_weight(epoch, cfg.train.epochs, cfg.loss.dynaug_period, cfg.loss.dynaug_lambda)
-    return cfg.loss.aug_strength, 0.0
-
-
-def step_settings(cfg: PretrainConfig, epoch: int, device: torch.device) -> StepSettings:
-    s, w = schedule_values(cfg, epoch)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-    return StepSettings(
-        mode=cfg.loss.mode, strength=s, weight=w, temperature=cfg.loss.temperature,
-        lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2, kl_form=cfg.loss.kl_form,
-        half=cfg.loss.half, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
-        amp_dtype=amp, channels_last=cfg.model.channels_last, gather=cfg.loss.gather,
-    )
 
 
 def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
@@ -75,7 +44,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
 
     def step(epoch: int, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         if epoch not in settings:  # once per epoch (setdefault would rebuild it every step)
-            settings[epoch] = step_settings(cfg, epoch, w.device)
+            settings[epoch] = step_settings(cfg, epoch)
         s = settings[epoch]
         forward.train()
         res = pretrain_loss(forward, net, batch["image"], s, generator=gen)

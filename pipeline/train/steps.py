@@ -12,6 +12,10 @@ batch-softmaxes range over the *global* batch, as under the authors' ``nn.DataPa
 maximises each worker's *local* contrastive loss on the unwrapped net, with no collectives
 inside the attack loop (``jobs.benchmark attack-scope`` measures what that changes).
 
+What the loss is belongs to the method (``pipeline.methods.<mode>``): this module prepares the
+inputs the method asks for (an attack and a second BN when it is adversarial, the originals when
+it needs them), gathers the projections and calls ``method.loss``.
+
 Spec §3.3 (AIR repo, --ACL_DS) order of operations, which this mirrors:
   x_adv = PGD_contrastive(x)                     (eval mode, 'pgd' BN)
   z_adv = f(x_adv,'pgd'); z = f(x,'normal'); z_o = f(x_o,'normal')   (train mode)
@@ -27,11 +31,10 @@ import torch
 from torch import nn
 
 from pipeline.attacks import pgd_contrastive
-from pipeline.data.transforms import to_float, two_views
+from pipeline.config import PretrainConfig, replace
+from pipeline.data.transforms import acl_weight, dynaug_strength, to_float, two_views
 from pipeline.dist import gather_rows
-from pipeline.losses import acl_loss_parts, air_loss, nt_xent_loss
-
-MODES = ("simclr", "acl", "dynacl", "air")
+from pipeline.methods import METHODS, PARTS, Views, get_method, uses_dynaug
 
 
 class PretrainForward(nn.Module):
@@ -101,14 +104,13 @@ class StepSettings:
     gather: bool = True  # loss over the global batch when there are several workers
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        get_method(self.mode)  # ValueError naming the registered methods
 
 
 @dataclass
 class StepResult:
     loss: torch.Tensor  # scalar with graph
-    parts: dict[str, torch.Tensor]  # detached scalars: cl_nat, cl_adv, sir, air
+    parts: dict[str, torch.Tensor]  # detached scalars, every name of PARTS (0 when not computed)
 
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
@@ -134,11 +136,12 @@ def pretrain_loss(
         images: (N, 3, H, W) uint8 or float in [0,1], already on the training device.
     """
     device = images.device
+    method = METHODS[s.mode]
     x_i, x_j = two_views(images, s.strength, generator=generator)  # (N,3,H,W) each, on device
     mf = torch.channels_last if s.channels_last else torch.contiguous_format
     x_nat = torch.cat([x_i, x_j]).contiguous(memory_format=mf)
     with autocast_ctx(device, s.amp_dtype):
-        if s.mode == "simclr":
+        if not method.adversarial:
             z, _, _ = forward(x_nat)
             return projection_loss(z, None, None, s)
         # The attack sees both views at once through the 'pgd' BN in eval mode (spec §3.2).
@@ -147,7 +150,7 @@ def pretrain_loss(
             temperature=s.temperature, bn_name="pgd", generator=generator,
         )
         x_adv = torch.cat([x_i_adv, x_j_adv]).contiguous(memory_format=mf)
-        x_orig = to_float(images).contiguous(memory_format=mf) if s.mode == "air" else None
+        x_orig = to_float(images).contiguous(memory_format=mf) if method.originals else None
         z, z_adv, z_o = forward(x_nat, x_adv, x_orig)
     return projection_loss(z, z_adv, z_o, s)
 
@@ -158,8 +161,9 @@ def projection_loss(
     """The pre-training objective of one step from this worker's projections.
 
     Args:
-        z: (2N, D) natural projections, rows [views i ; views j]; z_adv likewise (None for
-            SimCLR); z_orig: (N, D) projections of the originals (AIR only, else None).
+        z: (2N, D) natural projections, rows [views i ; views j]; z_adv likewise (None for a
+            method that is not adversarial); z_orig: (N, D) projections of the originals (None
+            unless the method uses them).
     With ``s.gather`` and several workers, every term is computed over the global batch.
     """
     n = z.shape[0] // 2
@@ -170,24 +174,47 @@ def projection_loss(
         views.append(z_orig)
     if s.gather:
         views = list(gather_rows(*views))
+    v = Views(views[0], views[1], *(views[2:4] if z_adv is not None else (None, None)),
+              views[-1] if z_orig is not None else None)
     # no casts here: the losses upcast bf16/fp16 projections to fp32 themselves and keep float64
-    if s.mode == "simclr":
-        loss = nt_xent_loss(views[0], views[1], temperature=s.temperature)
-        zero = loss.detach() * 0
-        return StepResult(loss, {"cl_nat": loss.detach(), "cl_adv": zero, "sir": zero, "air": zero})
-    z_i, z_j, z_i_adv, z_j_adv = views[:4]
-    if s.mode == "air":
-        out = air_loss(
-            z_i, z_j, views[4], z_i_adv, z_j_adv, weight=s.weight,
-            lambda1=s.lambda1, lambda2=s.lambda2, temperature=s.temperature, kl_form=s.kl_form,
-        )
-        parts = {k: getattr(out, k).detach() for k in ("cl_nat", "cl_adv", "sir", "air")}
-        return StepResult(out.total, parts)
-    # ACL (weight 0) and DynACL (weight omega(e)); the RCS repo's variant halves it (spec §3.3)
-    weight = s.weight if s.mode == "dynacl" else 0.0
-    out = acl_loss_parts(z_i, z_j, z_i_adv, z_j_adv, weight=weight, temperature=s.temperature, half=s.half)
-    zero = out.cl_nat * 0
-    return StepResult(out.total, {"cl_nat": out.cl_nat, "cl_adv": out.cl_adv, "sir": zero, "air": zero})
+    out = METHODS[s.mode].loss(v, s)
+    total = out["total"]
+    zero = total.detach() * 0
+    return StepResult(total, {k: out[k].detach() if k in out else zero for k in PARTS})
+
+
+def build_pretrain_model(cfg: PretrainConfig) -> nn.Module:
+    """The pre-training network: one BN for a method that is not adversarial (as the authors
+    without --ACL_DS), the 'normal' and 'pgd' branches otherwise."""
+    from pipeline.models import build_from_config
+
+    mcfg = cfg.model if get_method(cfg.loss.mode).adversarial else replace(cfg.model, bn_names=("normal",))
+    return build_from_config(mcfg, head=mcfg.head)
+
+
+def schedule_values(cfg: PretrainConfig, epoch: int) -> tuple[float, float]:
+    """(augmentation strength s, loss weight omega) for a 1-based epoch (spec §2.3).
+
+    With DynAug (the method's default, or ``loss.dynaug``): s = aug_strength * s(e) and
+    omega = lambda (1 - s(e)); without it s = aug_strength and omega = 0.
+    """
+    lc = cfg.loss
+    if uses_dynaug(get_method(lc.mode), lc.dynaug):
+        s = lc.aug_strength * dynaug_strength(epoch, cfg.train.epochs, lc.dynaug_period)
+        return s, acl_weight(epoch, cfg.train.epochs, lc.dynaug_period, lc.dynaug_lambda)
+    return lc.aug_strength, 0.0
+
+
+def step_settings(cfg: PretrainConfig, epoch: int) -> StepSettings:
+    """The step's view of ``cfg`` in ``epoch`` (schedules applied)."""
+    s, w = schedule_values(cfg, epoch)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    return StepSettings(
+        mode=cfg.loss.mode, strength=s, weight=w, temperature=cfg.loss.temperature,
+        lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2, kl_form=cfg.loss.kl_form,
+        half=cfg.loss.half, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
+        amp_dtype=amp, channels_last=cfg.model.channels_last, gather=cfg.loss.gather,
+    )
 
 
 def train_step(

@@ -71,13 +71,22 @@ def test_local_mode_two_steps_each_mode(ray_local, manifest, tmp_path, mode):
 
 @pytest.mark.slow
 def test_two_workers_disjoint_shards_loss_down(ray_local, manifest, tmp_path):
+    """2 DDP workers, disjoint shards, and the loss falls: the short-budget optimiser (Adam 3e-3,
+    aug_strength 0.5; jobs/configs/short_budget_acl.yaml), 6 epochs of 4 steps.
+
+    Measured (epoch 1 -> 6 ACL loss), seeds 1-4: 7.74 -> 7.09, 7.63 -> 6.75, 7.99 -> 7.68,
+    8.04 -> 7.70 (drops 0.65, 0.88, 0.31, 0.34); the margin 0.15 is under half the smallest.
+    The former settings (LARS lr 2.0, 4 epochs) did not learn in 16 steps: seed 2 went
+    8.28 -> 8.40 (and CI saw 8.46 -> 8.61), so the test was a coin flip.
+    """
     from pipeline.train.driver import run_pretrain
 
     cfg = _cfg(manifest, tmp_path, "ddp2", "--loss.mode=acl", "--scaling.num_workers=2",
-               "--train.epochs=4", "--train.audit_shards=true", "--optim.lr=2.0", "--train.global_batch_size=32")
+               "--train.epochs=6", "--train.audit_shards=true", "--optim.name=adam", "--optim.lr=0.003",
+               "--loss.aug_strength=0.5", "--train.global_batch_size=32")
     res = run_pretrain(cfg)
     rows = _metrics(res.run_dir)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # the RCS validation images are held out with RCS off too (like with like, issue 11)
     from pipeline.data.shards import split_by_index
 
@@ -86,8 +95,8 @@ def test_two_workers_disjoint_shards_loss_down(ray_local, manifest, tmp_path):
     for r in rows:
         # equal split: each of the 2 ranks gets 80 rows; no index is seen by both ranks
         assert r["shard_overlap"] == 0 and r["shard_union"] == n_train and r["shard_rows"] == n_train
-    assert rows[-1]["loss"] < rows[0]["loss"]
-    assert Path(res.run_dir, "epoch_00004", "state.pt").exists() or any(Path(res.run_dir).glob("epoch_*"))
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.15, [r["loss"] for r in rows]
+    assert Path(res.run_dir, "epoch_00006", "state.pt").exists()
 
 
 def test_resume_with_rcs_is_exact(ray_local, manifest, tmp_path):

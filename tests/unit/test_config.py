@@ -66,7 +66,7 @@ def test_unknown_section_and_override_are_named():
 def test_wrong_types_and_values_are_named():
     with pytest.raises(ConfigError, match=r"rcs.fraction: expected a number, got 'abc'"):
         load_config(PretrainConfig, None, ["--rcs.fraction=abc"])
-    with pytest.raises(ConfigError, match=r"loss.mode: 'acll' is not one of"):
+    with pytest.raises(ConfigError, match=r"loss.mode: 'acll' is not a pre-training method; one of \['simclr', 'acl', 'dynacl', 'air'\]"):
         load_config(PretrainConfig, None, ["--loss.mode=acll"])
     with pytest.raises(ConfigError, match=r"rcs.fraction must be in \(0, 1\]"):
         load_config(PretrainConfig, None, ["--rcs.fraction=1.5"])
@@ -142,7 +142,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml")
                                         if not p.name.startswith(("finetune_", "sat_"))), ids=lambda p: p.name)
 def test_every_pretrain_recipe_loads_and_builds(path: Path):
-    from pipeline.train.loops import build_pretrain_model
+    from pipeline.train.steps import build_pretrain_model
 
     cfg = load_config(PretrainConfig, path)
     with torch.device("meta"):  # shapes only: WRN-28-10 without allocating it

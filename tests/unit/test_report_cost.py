@@ -70,7 +70,7 @@ def test_gflop_per_image_anchor_values():
     assert gflop_per_image("wrn28-10", "acl") == pytest.approx(440.5, abs=0.2)  # 42 x 10.49
     assert gflop_per_image("resnet18", "acl") == pytest.approx(46.7, abs=0.1)  # 42 x 1.11
     assert gflop_per_image("wrn28-10", "acl", weight_grad_free=True) == pytest.approx(335.6, abs=0.2)
-    with pytest.raises(ValueError, match="unknown mode"):
+    with pytest.raises(ValueError, match="unknown pre-training method 'byol'"):
         passes_per_image("byol")
     with pytest.raises(ValueError, match="unknown arch"):
         forward_gflop("vit-b")

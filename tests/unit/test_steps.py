@@ -15,10 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import LossConfig, ModelConfig, PretrainConfig
+from pipeline.config import LossConfig, ModelConfig, OptimConfig, PretrainConfig, TrainConfig
 from pipeline.models import iter_multi_bn
 from pipeline.train.optim import LARS
-from pipeline.train.steps import MODES, PretrainForward, StepSettings, pretrain_loss, train_step
+from pipeline.methods import METHODS
+from pipeline.train.steps import PretrainForward, StepSettings, pretrain_loss, schedule_values, train_step
+
+MODES = tuple(METHODS)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,7 +35,7 @@ N, SIDE = 4, 16
 
 def _build(mode: str, arch: str = "resnet") -> nn.Module:
     """The network exactly as the pre-training job builds it (SimCLR: one BN per site)."""
-    from pipeline.train.loops import build_pretrain_model  # worker module (imports ray)
+    from pipeline.train.steps import build_pretrain_model
 
     cfg = PretrainConfig(model=ModelConfig(**ARCHS[arch]), loss=LossConfig(mode=mode))
     torch.manual_seed(0)
@@ -62,11 +65,27 @@ def _loss(net0: nn.Module, s: StepSettings, *, seed: int = 1, images=None):
 
 
 def test_mode_validation():
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="unknown pre-training method 'simsiam': one of simclr, acl, dynacl, air"):
         StepSettings(mode="simsiam")
     assert MODES == ("simclr", "acl", "dynacl", "air")
     for m in MODES:
         assert StepSettings(mode=m).mode == m
+
+
+def test_schedule_dynaug_is_the_methods_default_or_the_switch():
+    """omega(e) and s(e) (spec §2.3, E = 10, K = 5, lambda = 2/3): epoch 6 is the second stair,
+    s = 1 - 5/10 = 0.5, omega = 2/3 * 0.5 = 1/3; without DynAug s = aug_strength, omega = 0."""
+    def sv(mode, dynaug=None, epoch=6):
+        cfg = PretrainConfig(loss=LossConfig(mode=mode, dynaug=dynaug, dynaug_period=5, aug_strength=0.8),
+                             train=TrainConfig(epochs=10), optim=OptimConfig(warmup_epochs=1))
+        return schedule_values(cfg, epoch)
+
+    assert sv("acl") == (0.8, 0.0) and sv("simclr") == (0.8, 0.0)
+    for mode, switch in (("dynacl", None), ("air", None), ("acl", True)):  # acl + DynAug == DynACL
+        s, w = sv(mode, switch)
+        assert s == pytest.approx(0.4) and w == pytest.approx(1 / 3), mode
+    assert sv("air", False) == (0.8, 0.0)  # ACL-AIR: AIR's loss, no DynAug
+    assert sv("air", epoch=1) == (0.8, 0.0)  # first stair: s(1) = 1, omega = 0
 
 
 def test_simclr_model_has_one_bn_branch_and_acl_two():
@@ -95,10 +114,7 @@ def test_loss_backward_and_lars_step(mode: str, arch: str):
     if mode == "simclr":
         expect = p["cl_nat"]
         assert p["cl_adv"] == p["sir"] == p["air"] == 0.0
-    elif mode == "acl":  # ACL ignores the weight
-        expect = p["cl_nat"] + p["cl_adv"]
-        assert p["sir"] == p["air"] == 0.0
-    elif mode == "dynacl":
+    elif mode in ("acl", "dynacl"):  # the same loss: omega comes from the schedule (0 without DynAug)
         expect = 0.75 * p["cl_nat"] + 1.25 * p["cl_adv"]
         assert p["sir"] == p["air"] == 0.0
     else:
@@ -191,13 +207,15 @@ def test_pretrain_loss_keeps_float64():
     assert _pretrain_loss_float64(True).loss.dtype == torch.float64
 
 
-def test_acl_ignores_weight_dynacl_uses_it():
+def test_acl_and_dynacl_share_one_loss_weighted_by_omega():
+    """DynACL is ACL's loss under the DynAug schedule: at equal omega the two are identical; the
+    plain-ACL omega of 0 comes from the schedule (test_schedule_dynaug_...)."""
     net = _build("acl")
     acl0 = _loss(net, _settings("acl", weight=0.0))
     acl5 = _loss(net, _settings("acl", weight=0.5))
     dyn0 = _loss(net, _settings("dynacl", weight=0.0))
     dyn5 = _loss(net, _settings("dynacl", weight=0.5))
-    assert acl5.loss.item() == acl0.loss.item() == dyn0.loss.item()
+    assert acl0.loss.item() == dyn0.loss.item() and acl5.loss.item() == dyn5.loss.item()
     # same views and attacks -> same parts; only the weighting differs
     for k in PARTS:
         assert float(dyn5.parts[k]) == float(acl0.parts[k])
