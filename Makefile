@@ -13,7 +13,7 @@ export OMP_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: venv ffcv demo test test-fast bench clean-venv
+.PHONY: venv ffcv browser demo test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,10 +40,33 @@ $(FFCV_STAMP): $(STAMP)
 
 ffcv: $(FFCV_STAMP)
 
+# Optional browser test of report.html (tests/unit/test_report_browser.py): the system Chromium
+# (apt, as root; headless shell, else the full browser) driven by Playwright (the browser extra;
+# never `playwright install`, nothing is downloaded outside apt/pip). Best effort, like FFCV:
+# when either cannot be installed, that test is skipped with the reason.
+BROWSER_STAMP := $(VENV)/.browser-tried
+CHROMIUM_BINS := chromium-headless-shell chromium chromium-browser google-chrome
+$(BROWSER_STAMP): $(STAMP)
+	@if ! for b in $(CHROMIUM_BINS); do command -v $$b; done | grep -q .; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium-headless-shell fonts-dejavu-core || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium fonts-dejavu-core)) >/dev/null 2>&1 \
+	      || echo "note: apt-get of Chromium failed; the report browser test will be skipped"; \
+	  else \
+	    echo "note: no Chromium and no apt-get as root; the report browser test will be skipped"; \
+	  fi; \
+	fi
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[browser]" \
+	  || echo "note: playwright not installed; the report browser test will be skipped"
+	touch $@
+
+browser: $(BROWSER_STAMP)
+
 demo: venv
 	$(BIN)/python -m jobs.demo
 
-test: venv ffcv
+test: venv ffcv browser
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

@@ -1,8 +1,9 @@
 """Render a collected run/sweep into ``report.md`` and a self-contained ``report.html``.
 
 Both files come from one list of sections (heading + blocks: paragraphs, tables, images), so
-they never disagree. The HTML embeds every PNG as a base64 data URI and carries its CSS inline:
-it can be mailed or opened offline, with no external asset and no link. The markdown refers to
+they never disagree. The HTML is rendered by jinja2 from ``templates/report.html.j2``
+(autoescaped); it embeds every PNG as a base64 data URI and carries its CSS inline: it can be
+mailed or opened offline, with no external asset and no link. The markdown refers to
 the PNGs next to it. Everything is written atomically into ``<dir>/report/`` (or ``out_dir``).
 
 Core module: no Ray (versions of ray/torch are read from package metadata, not imported).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
+import functools
 import importlib.metadata
 import platform
 from dataclasses import dataclass, field
@@ -470,39 +471,38 @@ def to_markdown(title: str, sections: Sequence[Section]) -> str:
     return "\n".join(parts)
 
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #eee}
-"""
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # shipped as package data
+HTML_TEMPLATE = "report.html.j2"
+
+
+@functools.lru_cache(maxsize=1)
+def _jinja_env() -> "jinja2.Environment":
+    import jinja2  # a core dependency; imported here so the markdown path never needs it
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def _html_block(b: Block, images: dict[str, bytes]) -> dict[str, Any]:
+    """One block as the template's plain dict (kind + fields); PNGs become base64 text."""
+    if isinstance(b, Table):
+        return {"kind": "table", "headers": [str(h) for h in b.headers],
+                "rows": [[str(c) for c in row] for row in b.rows]}
+    if isinstance(b, Image):
+        return {"kind": "image", "alt": b.alt,
+                "data": base64.b64encode(images[b.filename]).decode("ascii")}
+    if isinstance(b, list):
+        return {"kind": "list", "entries": [str(x) for x in b]}
+    return {"kind": "text", "text": str(b)}
 
 
 def to_html(title: str, sections: Sequence[Section], images: dict[str, bytes]) -> str:
-    """Self-contained page: inline CSS, PNGs as data URIs, no scripts and no links."""
-    e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    for sec in sections:
-        out.append(f"<h2>{e(sec.title)}</h2>")
-        for b in sec.blocks:
-            if isinstance(b, Table):
-                out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.headers)
-                           + "</tr></thead><tbody>")
-                for row in b.rows:
-                    out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
-                out.append("</tbody></table>")
-            elif isinstance(b, Image):
-                data = base64.b64encode(images[b.filename]).decode("ascii")
-                out.append(f'<p><img alt="{e(b.alt)}" src="data:image/png;base64,{data}"></p>')
-            elif isinstance(b, list):
-                out.append("<ul>" + "".join(f"<li>{e(str(x))}</li>" for x in b) + "</ul>")
-            else:
-                out.append(f"<p>{e(str(b))}</p>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+    """Self-contained page (templates/report.html.j2, autoescaped): inline CSS, PNGs as data
+    URIs, no scripts, no links and nothing fetched from the network."""
+    view = [{"title": sec.title, "blocks": [_html_block(b, images) for b in sec.blocks]}
+            for sec in sections]
+    return _jinja_env().get_template(HTML_TEMPLATE).render(title=title, sections=view)
 
 
 @dataclass(frozen=True)
