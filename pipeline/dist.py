@@ -11,14 +11,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-def is_dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP / DataParallel / torch.compile wrappers."""
     while True:
@@ -68,7 +60,7 @@ def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     The tensors travel in one collective (concatenated along the feature axis). Without a
     process group, or with one rank, the inputs come back unchanged.
     """
-    if not is_dist() or world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensors
     if any(t.dim() != 2 or t.shape[0] != tensors[0].shape[0] or t.dtype != tensors[0].dtype
            for t in tensors):

@@ -12,7 +12,6 @@ from pipeline.attacks.pgd import (
     pgd_rd,
     pgd_trades,
     random_start,
-    rd_attack_preset,
 )
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "pgd_rd",
     "pgd_trades",
     "random_start",
-    "rd_attack_preset",
 ]

@@ -202,33 +202,6 @@ def pgd_ce(
                         generator=generator)
 
 
-def rd_attack_preset(scale: str, steps: int | None = None) -> dict[str, object]:
-    """Keyword presets for :func:`pgd_rd` reproducing the released RD-PGD settings.
-
-    - "small" (CIFAR/STL, spec §5.2): uniform start, steps 3 (``--Coreset_pgd_iter``),
-      step (10/255)/steps, min-max KL, natural reference through 'normal'.
-    - "imagenet" (ACL ImageNet-32, spec §5.5): start 0.001 N(0,1), 1 step of 10/255 (in
-      general (10/255)/steps), softmax KL, natural reference through 'pgd' (quirk Q24).
-    - "sat" (SAT-RCS, spec §5.6): single-BN classifier logits, start 0.001 N(0,1), 1 step of
-      20/255 (in general (20/255)/steps), softmax KL (= KL(softmax(nat) || softmax(adv))).
-
-    All use eps = 8/255. Usage: ``pgd_rd(model, x, **rd_attack_preset("small"))``.
-    """
-    if scale == "small":
-        steps = 3 if steps is None else steps
-        return dict(eps=8 / 255, alpha=(10 / 255) / steps, steps=steps, form="minmax_kl",
-                    nat_bn="normal", adv_bn="pgd", start="uniform")
-    if scale == "imagenet":
-        steps = 1 if steps is None else steps
-        return dict(eps=8 / 255, alpha=(10 / 255) / steps, steps=steps, form="softmax_kl",
-                    nat_bn="pgd", adv_bn="pgd", start="normal")
-    if scale == "sat":
-        steps = 1 if steps is None else steps
-        return dict(eps=8 / 255, alpha=(20 / 255) / steps, steps=steps, form="softmax_kl",
-                    nat_bn=None, adv_bn=None, start="normal")
-    raise ValueError(f"scale must be 'small', 'imagenet' or 'sat', got {scale!r}")
-
-
 def pgd_rd(
     model: nn.Module,
     x: Tensor,

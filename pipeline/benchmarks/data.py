@@ -63,15 +63,12 @@ def _ray_path(uri: str, batch_size: int, passes: int, s3_endpoint: Optional[str]
 
 
 def _verify_path(uri: str) -> dict:
-    try:
-        import ray
-    except ImportError:  # pragma: no cover
-        ray = None
+    import ray
 
     from pipeline.data.ray_datasets import verify_shards
 
     out: dict[str, Any] = {}
-    for mode, use_ray in (("in_process", False), ("ray_tasks", bool(ray and ray.is_initialized()))):
+    for mode, use_ray in (("in_process", False), ("ray_tasks", ray.is_initialized())):
         if mode == "ray_tasks" and not use_ray:
             continue
         verify_shards(uri, use_ray=use_ray, cache=False)  # warm-up (page cache, task workers)

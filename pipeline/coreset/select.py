@@ -136,15 +136,20 @@ class SelectionSpec:
         return cls(**d)
 
 
-def is_selection_epoch(epoch: int, warmup_epochs: int, interval: int) -> bool:
-    """Whether a new coreset is selected before training 0-based ``epoch`` (spec §5.1).
+def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:
+    """1-based epochs that start with a coreset selection: W+1, W+1+I, ... <= E (spec §5.1).
 
-    First selection right after the warm-up, then every ``interval`` epochs: with the authors'
-    defaults (100, 20) -> 0-based 100, 120, ..., 980 = their 1-based 101, 121, ..., 981; IN-32
-    (20, 10) -> 20, 30, ... = their 21, 31, .... Epochs before the warm-up train on all data;
-    the others reuse the last selection.
+    The one schedule the trainer (``pipeline.train.segments``), the SAT driver and the cost
+    model (``pipeline.report.speedup``) all use. Epochs up to W train on all data; the others
+    reuse the last selection. Matches the authors' loop (``e >= warmup and (e-1) % fre == 0``)
+    whenever W is a multiple of I, which holds for every released default: warm-up 100 / every
+    20 / 1000 epochs gives 101, 121, ..., 981 (45 selections); 20 / 10 / 200 gives 21, ..., 191.
     """
-    return epoch >= warmup_epochs and (epoch - warmup_epochs) % interval == 0
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    if warmup < 0 or epochs < 0:
+        raise ValueError(f"epochs and warmup must be >= 0, got {epochs}, {warmup}")
+    return list(range(warmup + 1, epochs + 1, interval))
 
 
 def selection_seed(seed: int, epoch: int) -> int:

@@ -324,16 +324,3 @@ def select_indices(ds: "ray.data.Dataset", indices: Union[Sequence[int], np.ndar
     # tensor columns alike, so one code path serves raw and decoded datasets.
     return ds.map_batches(_filter_index, batch_format="pyarrow", batch_size=None,  # [6]
                           zero_copy_batch=True, fn_kwargs=dict(selected=ref))
-
-
-def split_by_index(source: Union["ray.data.Dataset", Manifest, str, int, np.ndarray],
-                   val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic disjoint (train, val) global-index split (see ``shards.split_by_index``).
-
-    A ``ray.data.Dataset`` is reduced to its ``index`` column first (one pass over that column).
-    """
-    if isinstance(source, ray.data.Dataset):
-        cols = [b["index"] for b in source.select_columns(["index"])  # [7] index column only
-                .iter_batches(batch_format="numpy", batch_size=None)]
-        source = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    return _shards.split_by_index(source, val_fraction, seed)

@@ -1,20 +1,23 @@
 """Pre-training methods as plug-ins (core layer: torch only).
 
 ``METHODS`` maps ``loss.mode`` to a :class:`~pipeline.methods.base.Method`; the step, the
-schedules, the config check and the reports read it. To add a method, write one module here that
-defines ``METHOD`` and add it to ``_MODULES`` (docs/architecture.md "Adding a method").
+schedules, the config check and the cost model read it. To add a method, write one module in
+this folder that defines ``METHOD``: every module here except ``base`` is registered, in the
+order of ``ORDER`` and then by name (docs/architecture.md "Adding a method").
 """
 
 from __future__ import annotations
 
+import pkgutil
 from importlib import import_module
 
 from pipeline.methods.base import PARTS, Method, Views
 
-_MODULES = ("simclr", "acl", "dynacl", "air")
+ORDER = ("simclr", "acl", "dynacl", "air")  # the papers' order; other modules follow by name
 
+_found = [m.name for m in pkgutil.iter_modules(__path__) if m.name != "base" and not m.name.startswith("_")]
 METHODS: dict[str, Method] = {}
-for _m in _MODULES:
+for _m in sorted(_found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
     _method = import_module(f"pipeline.methods.{_m}").METHOD
     if _method.name in METHODS:
         raise ValueError(f"pre-training method {_method.name!r} is registered twice")

@@ -19,19 +19,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-
-def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:
-    """1-based epochs that start with a coreset selection: W+1, W+1+I, ... <= E.
-
-    Matches the authors' loop (``e >= warmup and (e-1) % fre == 0``) whenever W is a multiple of
-    I, which holds for every released default: warm-up 100 / every 20 / 1000 epochs gives
-    101, 121, ..., 981 (45 selections); 20 / 10 / 200 gives 21, 31, ..., 191 (18).
-    """
-    if interval < 1:
-        raise ValueError(f"interval must be >= 1, got {interval}")
-    if warmup < 0 or epochs < 0:
-        raise ValueError(f"epochs and warmup must be >= 0, got {epochs}, {warmup}")
-    return list(range(warmup + 1, epochs + 1, interval))
+from pipeline.coreset.select import selection_epochs
 
 
 def assumed_sel_share(

@@ -46,6 +46,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from pipeline.config import ConfigError, batch_and_lr_line, dump_yaml, to_dict
+from pipeline.coreset.select import selection_epochs
 from pipeline.data.ray_datasets import read_dataset, verify_shards
 from pipeline.data.shards import Manifest, read_manifest, split_by_index, write_subset
 from pipeline.data.storage import delete, exists, join_uri, read_bytes, resolve, write_bytes_atomic
@@ -86,11 +87,6 @@ class RunResult:
     encoder_path: str
     summary: dict[str, Any]
     progress: dict[str, Any] = field(default_factory=dict)
-
-
-def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:
-    """1-based epochs that start with a selection: W+1, W+1+I, ... <= E (spec §5.1)."""
-    return list(range(warmup + 1, epochs + 1, interval))
 
 
 def ray_init_plan(address: str, env_address: str, local_head: str | None) -> tuple[str, str | None]:

@@ -164,12 +164,9 @@ def evaluate_trial(run_dir: str, cfg: PretrainConfig, settings: Optional[EvalSet
     if "://" in run_dir:
         print(f"[sweep] eval skipped for {run_dir}: fine-tuning reads a local encoder file", flush=True)
         return None
-    try:
-        from pipeline.finetune.config import load_finetune_config
-        from pipeline.finetune.driver import run_finetune
-    except ImportError as e:  # pragma: no cover - the fine-tuning package is optional
-        print(f"[sweep] eval skipped: fine-tuning API unavailable ({e})", flush=True)
-        return None
+    from pipeline.finetune.config import load_finetune_config
+    from pipeline.finetune.driver import run_finetune
+
     out = os.path.join(run_dir, "eval", EVAL_MODE)
     res_path = os.path.join(out, "results.json")
     if os.path.isfile(res_path):

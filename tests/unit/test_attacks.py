@@ -15,7 +15,6 @@ from pipeline.attacks import (
     pgd_rd,
     pgd_trades,
     random_start,
-    rd_attack_preset,
 )
 from pipeline.losses import nt_xent_loss, rd_minmax_kl, rd_softmax_kl
 
@@ -289,24 +288,18 @@ def test_pgd_rd_routes_and_increases(form: str, rd):
         pgd_rd(model, x, alpha=EPS, steps=1, form="js")
 
 
-def test_rd_attack_presets():
-    small = rd_attack_preset("small")
-    assert small == dict(eps=8 / 255, alpha=(10 / 255) / 3, steps=3, form="minmax_kl",
-                         nat_bn="normal", adv_bn="pgd", start="uniform")
-    imnet = rd_attack_preset("imagenet")
-    assert imnet["alpha"] == 10 / 255 and imnet["steps"] == 1 and imnet["nat_bn"] == "pgd"
-    assert imnet["start"] == "normal" and imnet["form"] == "softmax_kl"
-    sat = rd_attack_preset("sat")
-    assert sat["alpha"] == 20 / 255 and sat["nat_bn"] is None and sat["adv_bn"] is None
-    assert rd_attack_preset("small", steps=5)["alpha"] == (10 / 255) / 5
+def test_rd_attack_bn_routing():
+    """The ImageNet-32 RD attack takes its natural reference through 'pgd' too (quirk Q24); the
+    SAT one is single-BN (spec §5.5, §5.6)."""
+    imnet = dict(eps=8 / 255, alpha=10 / 255, steps=1, form="softmax_kl", nat_bn="pgd", adv_bn="pgd",
+                 start="normal")
     model = ToyDualBN()
     pgd_rd(model, _images(2), generator=_gen(0), **imnet)
     assert model.calls == [("pgd", 2), ("pgd", 2)]
+    sat = dict(imnet, alpha=20 / 255, nat_bn=None, adv_bn=None)
     single = ToySingle()
     pgd_rd(single, _images(2), generator=_gen(0), **sat)
     assert single.net.calls == [(None, 2), (None, 2)]
-    with pytest.raises(ValueError):
-        rd_attack_preset("huge")
 
 
 # ----------------------------------------------------------------------------- TRADES

@@ -16,7 +16,7 @@ from pipeline.coreset.select import (
     ACLScorer,
     ArrayFetcher,
     SelectionSpec,
-    is_selection_epoch,
+    selection_epochs,
     select_chunk,
     select_coreset,
     selection_seed,
@@ -169,10 +169,10 @@ def test_array_fetcher_finds_rows_by_global_index() -> None:
 
 def test_selection_schedule_matches_the_authors() -> None:
     # authors (1-based): e >= warmup and (e - 1) % fre == 0 -> 101, 121, ..., 981 (45 rounds)
-    ours = [e + 1 for e in range(1000) if is_selection_epoch(e, 100, 20)]
+    ours = selection_epochs(1000, 100, 20)
     theirs = [e for e in range(1, 1001) if e >= 100 and (e - 1) % 20 == 0]
     assert ours == theirs and len(ours) == 45 and ours[0] == 101
-    ours = [e + 1 for e in range(200) if is_selection_epoch(e, 20, 10)]
+    ours = selection_epochs(200, 20, 10)
     assert ours == list(range(21, 200, 10))  # ImageNet-32: 21, 31, ..., 191 (18 rounds)
     assert len(ours) == 18
 
