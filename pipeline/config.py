@@ -470,7 +470,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RCSConfig:
     enabled: bool = False
-    method: Literal["greedy", "random"] = "greedy"  # random = uniform k-subset, same schedule (control)
+    method: str = "greedy"  # pipeline.coreset.methods: greedy (RCS), random (k-subset, same schedule)
     fraction: float = 0.2  # k: coreset size / training-set size
     warmup_epochs: int = 100  # full-data epochs before the first selection
     interval: int = 20  # select every I epochs after warm-up
@@ -486,6 +486,11 @@ class RCSConfig:
     cpus_per_task: int = 1  # CPUs (= torch threads) each scoring task asks for
 
     def __post_init__(self) -> None:
+        from pipeline.coreset.methods import SELECTION_METHODS
+
+        if self.method not in SELECTION_METHODS:
+            raise ConfigError(f"rcs.method: {self.method!r} is not a coreset selection method; one of "
+                              f"{list(SELECTION_METHODS)} (pipeline/coreset/methods.py)")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"rcs.fraction must be in (0, 1], got {self.fraction}")
         if self.interval < 1:

@@ -405,31 +405,24 @@ class SegmentedRun:
     def _select(self, manifest: Manifest, ckpt: str | None, train_idx: np.ndarray, val_idx: np.ndarray,
                 epoch: int) -> tuple[np.ndarray, dict]:
         from pipeline.coreset import selection_seed
-        from pipeline.coreset.ray_tasks import select_coreset_ray
+        from pipeline.coreset.methods import SelectionRequest, get_selection_method, run_selection
 
         cfg = self.cfg
-        net = self.model_from_checkpoint(manifest, ckpt)
+        method = get_selection_method(cfg.rcs.method)
+        net = self.model_from_checkpoint(manifest, ckpt) if method.needs_model else None
         print(f"[rcs] epoch {epoch}: selecting {cfg.rcs.fraction:.0%} of {len(train_idx)} "
-              f"(validation {len(val_idx)})", flush=True)
+              f"(validation {len(val_idx)}, method {method.name})", flush=True)
         t0 = time.perf_counter()
-        if cfg.rcs.method == "random":  # the control: no model, no scoring
-            from pipeline.coreset import random_coreset
-
-            idx = random_coreset(train_idx, cfg.rcs.fraction, selection_seed(cfg.train.seed, epoch))
-            dt = time.perf_counter() - t0
-            print(f"[rcs] epoch {epoch}: random {len(idx)} in {dt:.3f}s", flush=True)
-            return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt, "method": "random",
-                         "fraction": len(idx) / max(len(train_idx), 1)}
-        res = select_coreset_ray(
-            net, manifest_uri=cfg.data.manifest, train_indices=train_idx, val_indices=val_idx,
-            spec=self.spec.selection_spec(epoch), round_seed=selection_seed(cfg.train.seed, epoch),
-            num_tasks=cfg.rcs.num_tasks, use_gpu=cfg.rcs.use_gpu, kind=self.spec.selection_kind,
-            s3_endpoint=self.endpoint, allow_overlap=not cfg.data.holdout,
+        req = SelectionRequest(
+            train_indices=train_idx, val_indices=val_idx, fraction=cfg.rcs.fraction,
+            round_seed=selection_seed(cfg.train.seed, epoch), model=net, manifest_uri=cfg.data.manifest,
+            spec=self.spec.selection_spec(epoch), kind=self.spec.selection_kind, num_tasks=cfg.rcs.num_tasks,
+            use_gpu=cfg.rcs.use_gpu, s3_endpoint=self.endpoint, allow_overlap=not cfg.data.holdout,
         )
+        idx = run_selection(method, req)
         dt = time.perf_counter() - t0
-        idx = np.sort(np.asarray(res.indices, dtype=np.int64))
-        print(f"[rcs] epoch {epoch}: selected {len(idx)} in {dt:.1f}s", flush=True)
-        return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt,
+        print(f"[rcs] epoch {epoch}: {method.name} selected {len(idx)} in {dt:.2f}s", flush=True)
+        return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt, "method": method.name,
                      "fraction": len(idx) / max(len(train_idx), 1)}
 
     def _fit(self, manifest: Manifest, rows: np.ndarray, coreset: np.ndarray | None, stop: int,
