@@ -17,7 +17,7 @@ format ``save_encoder`` writes, so ``jobs.finetune`` / ``jobs.evaluate`` read it
 pre-trained encoder (the fine-tuning replaces the head). :func:`run_postprocess` adds the
 data loading and the outputs of ``python -m jobs.postprocess``.
 
-k-means: Lloyd iterations in float64 on CPU; init ``"random"`` = k distinct data points drawn with
+k-means: Lloyd iterations in float64 on the features' device; init ``"random"`` = k distinct data points drawn with
 the seed (what the authors' ``kmeans_pytorch`` package does, as far as we know) or
 ``"k-means++"`` (D² sampling, seeded). Ties go to the lowest cluster index. An empty cluster is
 re-seeded at the point farthest from its centroid (deterministic). Convergence: total squared
@@ -155,8 +155,10 @@ class PostprocessConfig:
 
 
 def _sq_dist(x: Tensor, c: Tensor) -> Tensor:
-    """(N, d), (k, d) -> (N, k) squared Euclidean distances, computed exactly (no mm trick)."""
-    return torch.cdist(x, c, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    """(N, d), (k, d) -> (N, k) squared Euclidean distances |x|^2 - 2 x.c + |c|^2 (one matmul;
+    float64 inputs keep it exact for small integer / binary-fraction data, so ties stay ties)."""
+    d2 = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    return d2.clamp_(min=0.0)
 
 
 def _init_centroids(x: Tensor, k: int, init: str | Tensor, g: torch.Generator) -> Tensor:
@@ -173,7 +175,7 @@ def _init_centroids(x: Tensor, k: int, init: str | Tensor, g: torch.Generator) -
     d2 = _sq_dist(x, x[chosen[0]][None])[:, 0]
     for _ in range(1, k):
         if float(d2.sum()) > 0:
-            i = int(torch.multinomial(d2, 1, generator=g))
+            i = int(torch.multinomial(d2.cpu(), 1, generator=g))
         else:  # fewer distinct points than k: the lowest index not chosen yet
             i = next(j for j in range(n) if j not in set(chosen))
         chosen.append(i)
@@ -185,7 +187,8 @@ def kmeans(features: Tensor, k: int, *, tol: float = 1e-5, max_iter: int = 300, 
            init: str | Tensor = "random", info: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
     """Lloyd k-means (Euclidean) -> (labels (N,) int64, centroids (k, d) in features' dtype).
 
-    Deterministic for a seed (CPU float64). init: "random" (k distinct data points),
+    Deterministic for a seed (float64 on the features' device; labels and centroids come back
+    on that device). init: "random" (k distinct data points),
     "k-means++", or a (k, d) tensor of starting centroids. Ties go to the lowest cluster index; an empty cluster is moved to the point
     farthest from its centroid. Stops when the total squared centroid movement < tol or after
     max_iter iterations; the labels are the final centroids' nearest clusters. ``info`` (a dict)
@@ -196,7 +199,7 @@ def kmeans(features: Tensor, k: int, *, tol: float = 1e-5, max_iter: int = 300, 
     n = len(features)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..{n} (the number of points), got {k}")
-    x = features.detach().to("cpu", torch.float64)
+    x = features.detach().to(torch.float64)  # on the features' device (a GPU when there is one)
     g = torch.Generator().manual_seed(int(seed))
     c = _init_centroids(x, k, init, g)
     converged, it = False, 0
@@ -253,7 +256,7 @@ def pseudo_labels(encoder: nn.Module, images: np.ndarray | Tensor, k: int, *, bn
     enc = encoder.to(device)
     feats = encoder_features(enc, x, bn=bn, batch_size=batch_size)
     labels, _ = kmeans(feats, k, tol=tol, max_iter=max_iter, seed=seed, init=init, info=info)
-    return labels
+    return labels.cpu()
 
 
 def cluster_agreement(pred: np.ndarray | Tensor, true: np.ndarray | Tensor) -> dict[str, Any]:
@@ -329,6 +332,7 @@ def postprocess_plusplus(
         feats = encoder_features(base, x, bn=cfg.feature_bn, batch_size=cfg.feature_batch_size)
         y_ps, _ = kmeans(feats, k, tol=cfg.kmeans_tol, max_iter=cfg.kmeans_max_iter,
                          seed=cfg.kmeans_seed, init=cfg.kmeans_init, info=kinfo)
+        y_ps = y_ps.cpu()
         info["kmeans"] = kinfo
         say(f"k-means: k {k}, {kinfo['iterations']} iterations, converged {kinfo['converged']}, "
             f"inertia {kinfo['inertia']:.4g}")
