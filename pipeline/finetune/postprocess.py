@@ -188,11 +188,11 @@ def kmeans(features: Tensor, k: int, *, tol: float = 1e-5, max_iter: int = 300, 
     """Lloyd k-means (Euclidean) -> (labels (N,) int64, centroids (k, d) in features' dtype).
 
     Deterministic for a seed (float64 on the features' device; labels and centroids come back
-    on that device). init: "random" (k distinct data points),
-    "k-means++", or a (k, d) tensor of starting centroids. Ties go to the lowest cluster index; an empty cluster is moved to the point
-    farthest from its centroid. Stops when the total squared centroid movement < tol or after
-    max_iter iterations; the labels are the final centroids' nearest clusters. ``info`` (a dict)
-    receives iterations, converged, inertia (sum of squared distances).
+    on that device). init: "random" (k distinct data points), "k-means++", or a (k, d) tensor
+    of starting centroids. Ties go to the lowest cluster index; an empty cluster is moved to
+    the point farthest from its centroid. Stops when the total squared centroid movement < tol
+    or after max_iter iterations; the labels are the final centroids' nearest clusters. ``info``
+    (a dict) receives iterations, converged, inertia (sum of squared distances).
     """
     if features.dim() != 2 or len(features) == 0:
         raise ValueError(f"features must be a non-empty (N, d) matrix, got shape {tuple(features.shape)}")
