@@ -123,6 +123,7 @@ JOBS_WITH_ARGS = {
     "jobs.demo": [],
     "jobs.prepare_data": ["generated", "/nonexistent-src", "/nonexistent-dest"],
     "jobs.benchmark": ["step"],
+    "jobs.postprocess": ["--checkpoint", "x.pt", "--dataset", "/nonexistent", "--out", "/tmp/x"],
 }
 
 
