@@ -392,10 +392,48 @@ def projection_section(
         f"{share:.2f} (assumed selection share). Device-hours are GPU-hours on GPUs, worker-hours on CPU."
     )
     sec.blocks.append(Table(headers, out))
+    sec.blocks.extend(_scaling_blocks(arch, mode, steps, gpu_type, mfu, run))
     src = "none (built-in peaks, no prices)" if prices is None else f"{prices.source} (as of {prices.as_of or NA})"
     notes.append(f"Prices: {src}. They are placeholders: edit cluster/prices.yaml for your account.")
     sec.blocks.append(notes)
     return sec
+
+
+def _scaling_blocks(arch: str, mode: str, steps: int, gpu_type: str, mfu: float, run: Any) -> list[Block]:
+    """Multi-GPU efficiency 1 -> 8 -> 64 GPUs (weak scaling, ``pipeline.report.scaling``): the
+    run's model and WRN-28-10; compute from the run's measured GPU throughput when it ran on a
+    GPU, else from the FLOP model."""
+    from pipeline.report.scaling import Interconnect, project_scaling
+
+    ic = Interconnect()
+    s = run.summary if run is not None else {}
+    ips = median_images_per_s(run) if run is not None else None
+    measured = ips / max(int(s.get("num_workers") or 1), 1) if (ips and s.get("use_gpu")) else None
+    headers = ["Model", "GPUs", "Batch/GPU (global)", "Compute/step", "Grad all-reduce", "Gather",
+               "Efficiency (no overlap / overlapped)"]
+    rows: list[list[str]] = []
+    for a, batch in dict.fromkeys([(arch, 512), ("wrn28-10", 256)]):
+        try:
+            proj = project_scaling(a, mode, per_gpu_batch=batch, pgd_steps=steps, gpu_type=gpu_type, mfu=mfu,
+                                   measured_images_per_s=measured if a == arch else None, interconnect=ic)
+        except (KeyError, ValueError):
+            continue
+        for r in proj:
+            rows.append([a, str(r["gpus"]), f"{r['per_gpu_batch']} ({r['global_batch']})",
+                         f"{r['compute_s'] * 1e3:.1f} ms", f"{r['grad_allreduce_s'] * 1e3:.2f} ms",
+                         f"{r['gather_s'] * 1e3:.2f} ms",
+                         f"{100 * r['efficiency_no_overlap']:.1f} % / {100 * r['efficiency_overlapped']:.1f} %"])
+    if not rows:
+        return []
+    basis = "the run's measured GPU img/s" if measured else f"the FLOP model ({gpu_type} bf16 at {100 * mfu:.0f} % MFU)"
+    return [
+        f"Multi-GPU scaling ({mode.upper()}, weak scaling, loss.gather on): compute per step from {basis}; "
+        f"gradient all-reduce of 4 bytes x parameters, all-gather of the projections (global batch x "
+        f"views x projection dim, fp32); {ic.intra_node_gbps:g} GB/s per GPU in a node, "
+        f"{ic.inter_node_gbps:g} GB/s per node of {ic.gpus_per_node} between nodes, "
+        f"{ic.latency_s * 1e6:.0f} us per collective (python -m pipeline.report.scaling --help).",
+        Table(headers, rows),
+    ]
 
 
 def _version(dist: str) -> str:

@@ -143,6 +143,13 @@ def test_sweep_report_end_to_end(sweep_dir: Path):
     assert "Measured: full (baseline), resnet18-w16, 100.0 img/s per CPU worker (1 cores)" in md
     wrn = _table_row(md, "FLOP model: wrn28-10 ACL, H100 bf16 @ 40% MFU, full data")
     assert wrn[4:6] == ["200.0", "79.2"] and wrn[7] == "316.85"  # 79.21 GPU-h x 4.0
+    # Multi-GPU scaling table (issue 13): the run's model and WRN-28-10 at 1 / 8 / 64 GPUs; the
+    # baseline ran on CPU, so compute comes from the FLOP model (217.1 ms per WRN-28-10 step of
+    # 256 at H100 bf16 40 % MFU), efficiency 99.0 % / 99.8 % at 8 GPUs and 92.0 % / 94.8 % at 64.
+    assert "Multi-GPU scaling (ACL, weak scaling, loss.gather on)" in md
+    assert _table_row(md, "wrn28-10 | 8")[2:] == ["256 (2048)", "217.1 ms", "1.77 ms", "0.49 ms", "99.0 % / 99.8 %"]
+    assert _table_row(md, "wrn28-10 | 64")[-1] == "92.0 % / 94.8 %"
+    assert _table_row(md, "resnet18-w16 | 1")[-1] == "100.0 % / 100.0 %"
     # Figures are real PNGs, referenced by the markdown.
     for name in ("speedup_vs_robustness", "pareto", "loss_curves", "selection_overhead"):
         p = paths.figures[name]
