@@ -1,6 +1,6 @@
 """The papers' story on an embedded default, on a local Ray (the README's main command).
 
-    python -m jobs.demo                 # ~10 min on 2 free CPU cores; artefacts in demo_out/
+    python -m jobs.demo                 # ~45 min on 2 CPU cores (measured 43 min, loaded); artefacts in demo_out/
     python -m jobs.demo --small         # a 2-3 minute version (CI's end-to-end test; learns little)
     python -m jobs.demo --all-modes     # also ALF and AFF fine-tuning (longer)
     ray job submit --working-dir . -- python -m jobs.demo --out /tmp/demo_out

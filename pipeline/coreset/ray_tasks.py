@@ -32,6 +32,7 @@ Worker module: the only coreset file that imports ray. Ray lines carry numbered 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -143,7 +144,9 @@ def score_chunks(
     b0 = storage.READ_STATS.bytes
     vim = val_images if val_images is not None else read_validation(
         manifest_uri, val_indices, val_manifest_uri=val_manifest_uri, s3_endpoint=s3_endpoint)
-    x_val = prepare_val(torch.from_numpy(vim).permute(0, 3, 1, 2), model)
+    with warnings.catch_warnings():  # the object store's copy is read-only; prepare_val copies it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x_val = prepare_val(torch.from_numpy(vim).permute(0, 3, 1, 2), model)
     del vim
     reader = RowReader(manifest_uri, s3_endpoint=s3_endpoint)
     m = reader.manifest
