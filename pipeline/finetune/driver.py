@@ -91,8 +91,7 @@ def _fit_mode(cfg: FinetuneConfig, mode: str, train_idx: np.ndarray | None, num_
     w = cfg.scaling.num_workers
     scaling = ray.train.ScalingConfig(
         num_workers=w, use_gpu=cfg.scaling.use_gpu,
-        resources_per_worker=None if w == 0 else {"CPU": cfg.scaling.cpus_per_worker,
-                                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})})
+        resources_per_worker=None if w == 0 else cfg.scaling.worker_resources())
     trainer = TorchTrainer(
         finetune_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "mode": mode, "num_classes": num_classes,
