@@ -18,11 +18,13 @@ no node wrote run artefacts (or left staging copies) outside Ray's own temp dirs
 
 The node kill: once the controller has registered the checkpoint of epoch 2 (inside the coreset
 fit of epochs 2..E), node b is killed (all its processes, no drain). Behaviour tested: **the run
-waits and resumes when a node returns** -- with one ``trainer`` slot left the worker group cannot
-be placed; Ray Train keeps retrying the worker-group start (controller failures are retried
-without limit) and the failure counts against ``scaling.max_failures``; the test adds a
-replacement node with ``{"trainer": 1}`` after the kill, the worker group restarts on a + the new
-node from the newest checkpoint, and the run finishes with every epoch exactly once.
+waits and resumes when a node returns** -- the lost worker counts as one failure against
+``scaling.max_failures``; with one ``trainer`` slot left the new worker group cannot be placed,
+and Ray Train waits for it (each start attempt times out after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S,
+60 s, and is retried without limit as a controller failure). The test adds a replacement node
+with ``{"trainer": 1}`` 3 s after the kill; the worker group restarts on a + the new node from the
+newest checkpoint of the fit, and the run finishes with every epoch exactly once. (Shrinking to the
+remaining nodes is not what happens: the worker count is fixed.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(720)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
 EPOCHS = 5  # warm-up epoch 1 (full data), selection at epoch 2, then epochs 2..5 on the coreset
 FINETUNE_SMOKE = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "finetune_smoke.yaml"
