@@ -37,7 +37,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--n-examples", type=int, default=0)
     p.add_argument("--bn-name", default="pgd", help="branch for a dual-BN checkpoint")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     args, rest = p.parse_known_args(argv)
     reject_unknown(rest, "jobs.evaluate", ("eval", "model"))  # a typo never evaluates at defaults

@@ -19,9 +19,9 @@ CPUs each, one GPU each with --use-gpu; same numbers as --no-ray); ``--train.con
 The checkpoint is our export (save_encoder) or an authors' file (auto-detected; describe the
 architecture with --model.* overrides). Without --test-dataset the train manifest is split by
 index (data.test_fraction). Any config key can be overridden as --section.key=value.
-Outputs in --out: <MODE>.pt (the fine-tuned classifier, for jobs.evaluate), results.json, log.txt
-(the authors' summary lines), results.md, params.json,
-progress.log (one line per epoch / attack), common_corruptions/log.txt.
+Outputs in --out (a folder, or an s3:// prefix written through a local staging folder): <MODE>.pt
+(the fine-tuned classifier, for jobs.evaluate), results.json, log.txt (the authors' summary lines),
+results.md, params.json, progress.log (one line per epoch / attack), common_corruptions/log.txt.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--no-ray", action="store_true", help="train in this process without Ray")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return p.parse_known_args(argv)
 

@@ -129,7 +129,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        if len(args) != 2:
+            return dict(value)
+        return {_coerce(k, args[0], f"{key} key"): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -467,6 +469,19 @@ class OptimConfig:
             raise ConfigError(f"optim.batch_ref must be >= 1, got {self.batch_ref}")
 
 
+def check_resources(key: str, value: dict[str, float]) -> None:
+    """Custom Ray resources (``{trainer: 1}``): named, positive, and not CPU / GPU (those have
+    their own keys, so one request is never set in two places)."""
+    for name, amount in value.items():
+        if not name or name.strip() != name:
+            raise ConfigError(f"{key}: resource names must be non-empty without spaces, got {name!r}")
+        if name in ("CPU", "GPU"):
+            raise ConfigError(f"{key}: {name!r} is set by its own key (CPUs: the cpus_per_* key, GPUs: use_gpu); "
+                              f"{key} is for custom resources such as {{trainer: 1}}")
+        if not 0 < amount < float("inf"):
+            raise ConfigError(f"{key}.{name} must be a positive number, got {amount}")
+
+
 @dataclass(frozen=True)
 class RCSConfig:
     enabled: bool = False
@@ -484,6 +499,9 @@ class RCSConfig:
     num_tasks: int = 0  # parallel Ray scoring tasks; 0 = one per chunk
     use_gpu: Optional[bool] = None  # scoring tasks request a GPU each; None = scaling.use_gpu
     cpus_per_task: int = 1  # CPUs (= torch threads) each scoring task asks for
+    # custom Ray resources each scoring task asks for, e.g. {selector: 1} runs the tasks only on
+    # nodes started with --resources='{"selector": N}' (at most N at a time per node)
+    task_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from pipeline.coreset.methods import SELECTION_METHODS
@@ -491,6 +509,7 @@ class RCSConfig:
         if self.method not in SELECTION_METHODS:
             raise ConfigError(f"rcs.method: {self.method!r} is not a coreset selection method; one of "
                               f"{list(SELECTION_METHODS)} (pipeline/coreset/methods.py)")
+        check_resources("rcs.task_resources", self.task_resources)
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"rcs.fraction must be in (0, 1], got {self.fraction}")
         if self.interval < 1:
@@ -564,14 +583,22 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2  # -1 = retry forever (Ray Train's FailureConfig)
+    # custom Ray resources each worker asks for besides its CPUs / GPU, e.g. {trainer: 1} puts the
+    # workers only on nodes started with --resources='{"trainer": N}', at most N per node
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_resources("scaling.resources_per_worker", self.resources_per_worker)
         if self.num_workers < 0:
             raise ConfigError(f"scaling.num_workers must be >= 0 (0 = local mode), got {self.num_workers}")
         if self.max_failures < -1:
             raise ConfigError(f"scaling.max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
         if not self.cpus_per_worker > 0:
             raise ConfigError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one Ray Train worker (or one fine-tuning mode task) asks Ray for."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": 1.0} if self.use_gpu else {}), **self.resources_per_worker}
 
 
 @dataclass(frozen=True)

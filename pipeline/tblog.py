@@ -12,8 +12,8 @@ opens one; TensorBoard merges every file of a folder). Tags:
 * ``run/wall_time_s``, ``run/worker_hours``, ... and ``eval/<MODE>/<acc>``: final numbers, step =
   the last epoch.
 
-S3 (``s3://`` run dirs): the events are written to a local temp folder and each file is copied to
-``<run_dir>/tb/`` (atomic replace) after every flush. TensorBoard itself reads ``s3://`` log dirs
+S3 (``s3://`` run dirs): the event file is built in memory and uploaded whole to ``<run_dir>/tb/``
+(one put, atomic) after every flush; nothing is staged on the local disk. TensorBoard itself reads ``s3://`` log dirs
 only through TensorFlow's filesystem plugins; without TensorFlow, sync first:
 ``aws s3 sync s3://bucket/runs/<name> /tmp/<name> --exclude '*' --include '*/tb/*'`` then
 ``tensorboard --logdir /tmp/<name>``.
@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
+import socket
 import struct
-import tempfile
 import time
 import uuid
 from typing import Any, Mapping, Optional, Sequence
@@ -51,12 +50,37 @@ def _numeric(v: Any) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
+class _MemoryEvents:
+    """tensorboardX's ``EventsWriter`` interface, framing the records into memory (s3:// run dirs):
+    nothing is staged on the local disk, so a worker killed mid-run leaves no temp folder behind."""
+
+    def __init__(self, name: str) -> None:
+        from tensorboardX.proto import event_pb2
+
+        self.name, self.data = name, bytearray()
+        self.write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write_event(self, event: Any) -> None:
+        from tensorboardX.record_writer import masked_crc32c
+
+        rec = event.SerializeToString()
+        header = struct.pack("Q", len(rec))
+        self.data += header + struct.pack("I", masked_crc32c(header)) + rec + struct.pack("I", masked_crc32c(rec))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class EventLog:
-    """One event file in ``<run_dir>/tb`` (local, or s3:// through a temp dir), written synchronously.
+    """One event file in ``<run_dir>/tb`` (local, or s3:// from memory), written synchronously.
 
     tensorboardX's ``SummaryWriter`` queues events for a background thread and its ``flush`` does
     not wait for that queue, so a flushed file could miss the newest epoch; this writes each
-    record itself (tensorboardX's ``EventsWriter``, no thread) and flushes once per call.
+    record itself (tensorboardX's ``EventsWriter``, no thread) and flushes once per call. For an
+    s3:// run dir the file is kept in memory and the whole of it is uploaded on every flush.
     """
 
     def __init__(self, run_dir: str, *, s3_endpoint: Optional[str] = None) -> None:
@@ -64,10 +88,14 @@ class EventLog:
 
         self.run_dir, self.endpoint = run_dir, s3_endpoint
         self.remote = is_s3(run_dir)
-        self.local = tempfile.mkdtemp(prefix="tb-") if self.remote else os.path.join(run_dir, TB_DIR)
-        os.makedirs(self.local, exist_ok=True)
         # pid + random suffix: two writers opened in the same second never share a file
-        self.writer = EventsWriter(os.path.join(self.local, "events"), f".{os.getpid()}.{uuid.uuid4().hex[:6]}")
+        suffix = f".{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        if self.remote:
+            self.writer: Any = _MemoryEvents(f"events.out.tfevents.{str(time.time())[:10]}.{socket.gethostname()}{suffix}")
+        else:
+            local = os.path.join(run_dir, TB_DIR)
+            os.makedirs(local, exist_ok=True)
+            self.writer = EventsWriter(os.path.join(local, "events"), suffix)
 
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         from tensorboardX.proto import event_pb2, summary_pb2
@@ -81,16 +109,12 @@ class EventLog:
     def flush(self) -> None:
         self.writer.flush()
         if self.remote:
-            for name in os.listdir(self.local):
-                with open(os.path.join(self.local, name), "rb") as f:
-                    data = f.read()
-                write_bytes_atomic(resolve(join_uri(self.run_dir, TB_DIR, name), s3_endpoint=self.endpoint), data)
+            write_bytes_atomic(resolve(join_uri(self.run_dir, TB_DIR, self.writer.name), s3_endpoint=self.endpoint),
+                               bytes(self.writer.data))
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
-        if self.remote:
-            shutil.rmtree(self.local, ignore_errors=True)
 
 
 class EpochLog:

@@ -16,7 +16,7 @@ Full-data training is ``rcs.enabled=false`` (no selection at all).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -41,6 +41,8 @@ class SelectionRequest:
     use_gpu: bool = False
     s3_endpoint: str | None = None
     allow_overlap: bool = False  # validation rows may also be candidates (data.holdout=false)
+    num_cpus: int = 1  # CPUs (= torch threads) per scoring task (rcs.cpus_per_task)
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per task
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ def _greedy(r: SelectionRequest) -> np.ndarray:
     res = select_coreset_ray(
         r.model, manifest_uri=r.manifest_uri, train_indices=r.train_indices, val_indices=r.val_indices,
         spec=r.spec, round_seed=r.round_seed, num_tasks=r.num_tasks, use_gpu=r.use_gpu, kind=r.kind,
-        s3_endpoint=r.s3_endpoint, allow_overlap=r.allow_overlap,
+        s3_endpoint=r.s3_endpoint, allow_overlap=r.allow_overlap, num_cpus=r.num_cpus,
+        resources=r.resources,
     )
     return np.asarray(res.indices, dtype=np.int64)
 

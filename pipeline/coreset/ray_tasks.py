@@ -196,6 +196,7 @@ def select_coreset_ray(
     allow_overlap: bool = False,
     num_cpus: int = 1,
     val_manifest_uri: str | None = None,
+    resources: dict[str, float] | None = None,
 ) -> SelectionResult:
     """One RCS round with the chunks scored in parallel Ray tasks (needs ``ray.init`` done).
 
@@ -210,6 +211,8 @@ def select_coreset_ray(
             chunks each task runs a consecutive run of chunks in sequence.
         use_gpu: each task asks for one GPU (num_gpus=1).
         num_cpus: CPUs each task asks for; it runs that many torch threads.
+        resources: custom Ray resources each task asks for (``rcs.task_resources``, e.g.
+            ``{"selector": 1}`` to keep the scoring on the nodes that offer that resource).
         val_manifest_uri: the validation images as their own small dataset (``write_subset``
             of ``val_indices``); None = read them from ``manifest_uri`` (every shard holding
             one, i.e. about all of them, once per round on the driver).
@@ -250,8 +253,10 @@ def select_coreset_ray(
         n_tasks = len(work) if num_tasks <= 0 else min(num_tasks, len(work))
         bounds = np.linspace(0, len(work), n_tasks + 1).round().astype(int)
         groups = [work[bounds[i]:bounds[i + 1]] for i in range(n_tasks)]
-        # [2] One task per run of consecutive chunks: num_cpus CPUs (and 1 GPU if asked) each.
-        task = score_chunks_task.options(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0)
+        # [2] One task per run of consecutive chunks: num_cpus CPUs (and 1 GPU if asked, and any
+        # custom resources) each.
+        task = score_chunks_task.options(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0,
+                                         resources=dict(resources or {}))
         refs = [
             task.remote(payload_ref, g, manifest_uri=manifest_uri, val_indices=val_indices,
                         spec=spec.to_dict(), round_seed=round_seed, kind=kind, use_gpu=use_gpu,

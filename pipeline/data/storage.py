@@ -252,3 +252,57 @@ def local_copy(uri: str, *, s3_endpoint: Optional[str] = None,
     dest = folder / name
     write_bytes_atomic(resolve(str(dest)), data)
     return str(dest)
+
+
+class OutputDir:
+    """A job's output folder, local or ``s3://``: the job writes plain files under ``path``.
+
+    Local: ``path`` is the folder itself. ``s3://``: ``path`` is a fresh local staging folder;
+    ``sync()`` uploads every file written or changed since the last sync to the same relative key
+    under the URI, and leaving the ``with`` block syncs once more (also after an error, so
+    partial results survive) and deletes the staging folder. ``show(name)`` is where a file ends
+    up, for messages.
+    """
+
+    def __init__(self, uri: str, *, s3_endpoint: Optional[str] = None) -> None:
+        import tempfile
+
+        self.uri, self.endpoint = str(uri), s3_endpoint
+        self.remote = is_s3(self.uri)
+        self.path = Path(tempfile.mkdtemp(prefix="job-out-")) if self.remote else Path(self.uri)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def show(self, name: str) -> str:
+        return join_uri(self.uri, name) if self.remote else str(self.path / name)
+
+    def sync(self) -> list[str]:
+        """Upload new / changed files (s3:// only); returns their URIs."""
+        if not self.remote:
+            return []
+        done = []
+        for p in sorted(self.path.rglob("*")):
+            if not p.is_file() or p.name.startswith("."):  # atomic-write temp files
+                continue
+            rel = p.relative_to(self.path).as_posix()
+            st = p.stat()
+            if self._sent.get(rel) == (st.st_size, st.st_mtime_ns):
+                continue
+            dst = join_uri(self.uri, rel)
+            write_bytes_atomic(resolve(dst, s3_endpoint=self.endpoint), p.read_bytes())
+            self._sent[rel] = (st.st_size, st.st_mtime_ns)
+            done.append(dst)
+        return done
+
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.remote:
+            return
+        import shutil
+
+        try:
+            self.sync()
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)

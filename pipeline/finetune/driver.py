@@ -27,6 +27,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from pipeline.config import ModelConfig, atomic_write_text, to_dict
+from pipeline.data.storage import OutputDir
 from pipeline.eval.outputs import checkpoint_id, summary_lines, write_all
 from pipeline.eval.robust import EvalConfig, evaluate_model
 from pipeline.finetune.config import FinetuneConfig
@@ -47,14 +48,18 @@ def load_pretrained(path: str, model_cfg: ModelConfig) -> torch.nn.Module:
     from pipeline.data.storage import local_copy
     from pipeline.models import CheckpointError, build_from_config, load_authors_checkpoint, load_encoder
 
-    path = local_copy(path)  # s3://.../encoder.pt is fetched once per call
+    local = local_copy(path)  # s3://.../encoder.pt is fetched once per call, and removed after
     try:
-        model, _ = load_encoder(path)
-        return model.eval()
-    except CheckpointError:
-        model = build_from_config(model_cfg, head="none")
-        load_authors_checkpoint(path, model, skip_head=True)
-        return model.eval()
+        try:
+            model, _ = load_encoder(local)
+            return model.eval()
+        except CheckpointError:
+            model = build_from_config(model_cfg, head="none")
+            load_authors_checkpoint(local, model, skip_head=True)
+            return model.eval()
+    finally:
+        if local != path:
+            Path(local).unlink(missing_ok=True)
 
 
 def split_data(cfg: FinetuneConfig, log: Log = print) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, int]:
@@ -91,8 +96,7 @@ def _fit_mode(cfg: FinetuneConfig, mode: str, train_idx: np.ndarray | None, num_
     w = cfg.scaling.num_workers
     scaling = ray.train.ScalingConfig(
         num_workers=w, use_gpu=cfg.scaling.use_gpu,
-        resources_per_worker=None if w == 0 else {"CPU": cfg.scaling.cpus_per_worker,
-                                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})})
+        resources_per_worker=None if w == 0 else cfg.scaling.worker_resources())
     trainer = TorchTrainer(
         finetune_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "mode": mode, "num_classes": num_classes,
@@ -129,10 +133,16 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
                  log: Log = print) -> list[dict[str, Any]]:
     """Fine-tune every mode of cfg.mode, evaluate each, write results.json / log.txt / results.md.
 
-    Returns the list of per-mode results dicts (pipeline.eval.outputs format).
+    ``out_dir`` is a local folder or an ``s3://`` prefix (written through a local staging folder,
+    uploaded after every mode and at the end). Returns the list of per-mode results dicts
+    (pipeline.eval.outputs format).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputDir(str(out_dir), s3_endpoint=cfg.data.s3_endpoint or None) as od:
+        return _run_finetune(cfg, od, use_ray=use_ray, log=log)
+
+
+def _run_finetune(cfg: FinetuneConfig, od: OutputDir, *, use_ray: bool, log: Log) -> list[dict[str, Any]]:
+    out = od.path
     atomic_write_text(out / "params.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     lines: list[str] = []
 
@@ -149,7 +159,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
         ensure_ray(cfg.run.ray_address)
     results: list[dict[str, Any]] = []
     if use_ray and len(cfg.modes()) > 1 and cfg.train.concurrent_modes and cfg.scaling.num_workers <= 1:
-        _run_concurrent(cfg, out, train_idx, xt, yt, n_cls, ck, say, results)
+        _run_concurrent(cfg, od, train_idx, xt, yt, n_cls, ck, say, results)
         return results
     encoder = None if use_ray else load_pretrained(cfg.checkpoint, cfg.model)
     for mode in cfg.modes():
@@ -171,7 +181,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
         # keep the fine-tuned classifier: `jobs.evaluate --checkpoint <out>/<MODE>.pt` scores it later
         save_encoder(out / f"{mode}.pt", model, {"mode": mode, "pretrained": cfg.checkpoint,
                                                   "num_classes": n_cls})
-        say(f"{mode}: classifier saved to {out / f'{mode}.pt'}")
+        say(f"{mode}: classifier saved to {od.show(f'{mode}.pt')}")
         res = evaluate_model(model, xt, yt, cfg.eval, mode=mode, device=device, progress=say,
                              **_eval_hooks(cfg.eval, use_ray))
         res.update(checkpoint=ck, config={"mode": _config_section(mcfg), "eval": _config_section(cfg.eval)},
@@ -181,16 +191,17 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, use_ray: bool = Tr
         for ln in summary_lines(mode, res):
             say(ln)
         write_all(out, cfg.checkpoint, results)  # after every mode: partial results survive
+        od.sync()
     return results
 
 
-def _run_concurrent(cfg: FinetuneConfig, out: Path, train_idx: np.ndarray | None, xt: np.ndarray, yt: np.ndarray,
+def _run_concurrent(cfg: FinetuneConfig, od: OutputDir, train_idx: np.ndarray | None, xt: np.ndarray, yt: np.ndarray,
                     n_cls: int, ck: dict[str, Any], say: Log, results: list[dict[str, Any]]) -> None:
     """Every mode as a concurrent Ray task; outputs written in mode order as the sequential path does."""
     from pipeline.finetune.loops import load_train_arrays
     from pipeline.finetune.ray_tasks import run_modes_concurrently
 
-    modes = cfg.modes()
+    out, modes = od.path, cfg.modes()
     for mode in modes:
         say(f"{mode}: {json.dumps(to_dict(cfg.mode_config(mode)))}")
     x, y = load_train_arrays(cfg, None if train_idx is None else train_idx.tolist())
@@ -204,7 +215,7 @@ def _run_concurrent(cfg: FinetuneConfig, out: Path, train_idx: np.ndarray | None
         for ln in o["lines"]:
             say(ln)
         save_encoder(out / f"{mode}.pt", model, {"mode": mode, "pretrained": cfg.checkpoint, "num_classes": n_cls})
-        say(f"{mode}: classifier saved to {out / f'{mode}.pt'}")
+        say(f"{mode}: classifier saved to {od.show(f'{mode}.pt')}")
         res.update(checkpoint=ck, config={"mode": _config_section(cfg.mode_config(mode)),
                                           "eval": _config_section(cfg.eval)}, mode_train_seconds=o["train_s"])
         res["times"]["train"] = o["train_s"]
@@ -218,7 +229,8 @@ def run_evaluate(checkpoint: str, images: np.ndarray, labels: np.ndarray, ecfg: 
                  out_dir: str | Path, *, model_cfg: ModelConfig | None = None, bn_name: str = "pgd",
                  use_ray: bool = True, log: Log = print) -> dict[str, Any]:
     """Evaluate one checkpoint (a fine-tuned classifier in our export format, or any
-    classifier checkpoint load_pretrained understands) and write the outputs."""
+    classifier checkpoint load_pretrained understands) and write the outputs (to a local folder
+    or an ``s3://`` prefix)."""
     from pipeline.eval.robust import with_branch
 
     model = load_pretrained(checkpoint, model_cfg or ModelConfig())
@@ -231,5 +243,6 @@ def run_evaluate(checkpoint: str, images: np.ndarray, labels: np.ndarray, ecfg: 
     res.update(checkpoint=checkpoint_id(checkpoint), config={"eval": to_dict(ecfg)})
     for ln in summary_lines("EVAL", res):
         log(ln)
-    write_all(out_dir, checkpoint, [res], header="Evaluated")
+    with OutputDir(str(out_dir)) as od:
+        write_all(od.path, checkpoint, [res], header="Evaluated")
     return res

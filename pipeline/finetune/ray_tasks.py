@@ -7,7 +7,8 @@ arrays the driver put in the object store once, evaluates the classifier, and re
 its results and log lines. Same seeds and same code as the sequential path, so the same
 numbers (on CPU with the same number of intra-op threads; on GPUs up to cuDNN's nondeterminism).
 
-Resources per task: ``scaling.cpus_per_worker`` CPUs and, with ``scaling.use_gpu``, one GPU.
+Resources per task: ``scaling.cpus_per_worker`` CPUs, with ``scaling.use_gpu`` one GPU, and the custom
+resources of ``scaling.resources_per_worker``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def run_modes_concurrently(cfg: Any, modes: tuple[str, ...], x: np.ndarray, y: n
 
     cpus = float(cfg.scaling.cpus_per_worker)
     gpus = 1.0 if cfg.scaling.use_gpu else 0.0
-    task = ray.remote(_mode_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=cfg.scaling.max_failures)
+    task = ray.remote(_mode_job).options(num_cpus=cpus, num_gpus=gpus, resources=dict(cfg.scaling.resources_per_worker),
+                                         max_retries=cfg.scaling.max_failures)
     # [1] the arrays go to the object store once; the three tasks read the same copy
     refs = [ray.put(a) for a in (x, y, xt, yt)]
     cfg_dict = to_dict(cfg)

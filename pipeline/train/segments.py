@@ -418,6 +418,7 @@ class SegmentedRun:
             round_seed=selection_seed(cfg.train.seed, epoch), model=net, manifest_uri=cfg.data.manifest,
             spec=self.spec.selection_spec(epoch), kind=self.spec.selection_kind, num_tasks=cfg.rcs.num_tasks,
             use_gpu=cfg.rcs.use_gpu, s3_endpoint=self.endpoint, allow_overlap=not cfg.data.holdout,
+            num_cpus=cfg.rcs.cpus_per_task, resources=cfg.rcs.task_resources,
         )
         idx = run_selection(method, req)
         dt = time.perf_counter() - t0
@@ -442,8 +443,7 @@ class SegmentedRun:
         workers = cfg.scaling.num_workers
         scaling = ray.train.ScalingConfig(
             num_workers=workers, use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker=None if workers == 0 else {
-                "CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+            resources_per_worker=None if workers == 0 else cfg.scaling.worker_resources(),
         )
         local = "://" not in self.run_dir
         trainer = TorchTrainer(

@@ -304,7 +304,8 @@ def trial_bundles(cfg: PretrainConfig, trial_cpus: float = 1.0) -> list[dict[str
     The Train workers are not in here: Ray Train V2 places its worker group in a placement
     group of its own, outside the trial's.
     """
-    slot = {"CPU": float(cfg.rcs.cpus_per_task), **({"GPU": 1.0} if cfg.rcs.use_gpu else {})}
+    slot = {"CPU": float(cfg.rcs.cpus_per_task), **({"GPU": 1.0} if cfg.rcs.use_gpu else {}),
+            **cfg.rcs.task_resources}
     return [{"CPU": float(trial_cpus)}] + [dict(slot) for _ in range(rcs_task_slots(cfg))]
 
 

@@ -61,9 +61,15 @@ def test_event_files_hold_every_epoch_metric(ray_local, tmp_path):
     assert tags["run/wall_time_s"][2] == pytest.approx(summary["wall_time_s"], rel=1e-5)
 
 
-def test_event_log_on_s3_uploads_after_every_flush(s3_server):
-    """s3:// run dirs: events go to a temp dir and each flush replaces the object (no Ray)."""
+def test_event_log_on_s3_uploads_after_every_flush(s3_server, tmp_path, monkeypatch):
+    """s3:// run dirs: events are built in memory (nothing staged on the local disk) and each flush
+    replaces the object (no Ray)."""
+    import tempfile
+
     from pipeline.tblog import EpochLog, log_run_summary, read_scalars
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
 
     run = s3_server.uri("runs") + "/tb-s3"
     ep = s3_server.endpoint_url
@@ -78,3 +84,4 @@ def test_event_log_on_s3_uploads_after_every_flush(s3_server):
     tags = read_scalars(run, s3_endpoint=ep)
     assert tags["train/loss"] == {1: 2.5, 2: 2.0} and tags["selection/size"] == {2: 10.0}
     assert tags["eval/SLF/pgd20_acc"][2] == pytest.approx(0.3) and tags["run/wall_time_s"] == {2: 9.0}
+    assert list(tmp_path.iterdir()) == []
