@@ -14,9 +14,8 @@ from pipeline.data.generate import generate_imagenet32_format  # noqa: E402
 from pipeline.data.ray_datasets import (  # noqa: E402
     read_dataset,
     select_indices,
-    split_by_index,
 )
-from pipeline.data.shards import load_arrays, read_manifest  # noqa: E402
+from pipeline.data.shards import load_arrays, read_manifest, split_by_index  # noqa: E402
 from pipeline.data.storage import DataError  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -107,8 +106,10 @@ def test_select_indices_and_pruned_read(ray_local, dataset: str, tmp_path: Path)
         read_dataset(dataset, indices=[240])
 
 
-def test_split_by_index_from_dataset(ray_local, dataset: str) -> None:
-    tr, va = split_by_index(read_dataset(dataset, decode=False), 0.05, seed=1)
+def test_split_by_index_of_the_datasets_index_column_equals_the_manifests(ray_local, dataset: str) -> None:
+    ds = read_dataset(dataset, decode=False)
+    index = np.concatenate([b["index"] for b in ds.select_columns(["index"]).iter_batches(batch_format="numpy")])
+    tr, va = split_by_index(index, 0.05, seed=1)
     tr2, va2 = split_by_index(read_manifest(dataset), 0.05, seed=1)
     assert len(va) == 12 and len(tr) == 228 and np.intersect1d(tr, va).size == 0
     np.testing.assert_array_equal(va, va2)
