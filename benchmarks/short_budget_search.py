@@ -22,7 +22,8 @@ from pipeline.data.generate import generate_images
 from pipeline.eval.robust import clean_flags, pgd_flags
 from pipeline.finetune.config import SLFConfig
 from pipeline.finetune.modes import finetune
-from pipeline.train.local import build_encoder, pretrain_in_process
+from pipeline.train.local import pretrain_in_process
+from pipeline.train.steps import build_pretrain_model
 
 
 def make_data(per_class: int, test_per_class: int, seed: int = 0, size: int = 32):
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     rows = []
     if a.random:
         torch.manual_seed(cfg.train.seed)
-        rows.append({"run": "random", **probe(build_encoder(cfg).eval(), xtr, ytr, xte, yte, epochs=a.probe_epochs)})
+        rows.append({"run": "random", **probe(build_pretrain_model(cfg).eval(), xtr, ytr, xte, yte, epochs=a.probe_epochs)})
     t0 = time.perf_counter()
     pool = np.arange(len(xtr))
     n_val = int(round(a.holdout * len(xtr))) if (a.holdout or cfg.rcs.enabled) else 0

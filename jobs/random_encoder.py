@@ -24,11 +24,11 @@ from pipeline.config import PretrainConfig, atomic_write_text, dump_yaml, load_c
 def write_random_encoder(cfg: PretrainConfig, out: str | Path) -> Path:
     """Build the pre-training network of ``cfg`` with seed cfg.train.seed, save it untrained."""
     from pipeline.models import save_encoder
-    from pipeline.train.local import build_encoder
+    from pipeline.train.steps import build_pretrain_model
 
     out = Path(out)
     torch.manual_seed(cfg.train.seed)
-    net = build_encoder(cfg).eval()
+    net = build_pretrain_model(cfg).eval()
     save_encoder(out / "encoder.pt", net, {"random_init": True, "seed": cfg.train.seed})
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     summary = {"status": "finished", "run_name": "random-init", "random_init": True,

@@ -50,7 +50,6 @@ class SelectionMethod:
     name: str
     needs_model: bool
     select: Callable[[SelectionRequest], np.ndarray]
-    summary: str = ""
 
 
 def _greedy(r: SelectionRequest) -> np.ndarray:
@@ -73,10 +72,8 @@ def _random(r: SelectionRequest) -> np.ndarray:
 
 SELECTION_METHODS: dict[str, SelectionMethod] = {
     m.name: m for m in (
-        SelectionMethod("greedy", needs_model=True, select=_greedy,
-                        summary="RCS: greedy gradient matching on the RD loss (parallel Ray tasks)"),
-        SelectionMethod("random", needs_model=False, select=_random,
-                        summary="random-k control: uniform subset of the same size"),
+        SelectionMethod("greedy", needs_model=True, select=_greedy),
+        SelectionMethod("random", needs_model=False, select=_random),
     )
 }
 
@@ -88,7 +85,7 @@ def get_selection_method(name: str) -> SelectionMethod:
         raise ValueError(f"unknown coreset selection method {name!r}: one of {', '.join(SELECTION_METHODS)}") from None
 
 
-def run_selection(method: SelectionMethod, r: SelectionRequest) -> np.ndarray:
+def checked_selection(method: SelectionMethod, r: SelectionRequest) -> np.ndarray:
     """``method.select(r)``, checked: sorted unique candidates, exactly round(k * N) of them."""
     idx = np.sort(np.asarray(method.select(r), dtype=np.int64).reshape(-1))
     want = exact_budget(len(r.train_indices), r.fraction)

@@ -16,5 +16,4 @@ def acl_loss(v: Views, s) -> dict:
     return {"total": out.total, "cl_nat": out.cl_nat, "cl_adv": out.cl_adv}
 
 
-METHOD = Method(name="acl", label="ACL", adversarial=True, originals=False, dynaug=False,
-                loss=acl_loss, summary="adversarial contrastive learning")
+METHOD = Method(name="acl", adversarial=True, originals=False, dynaug=False, loss=acl_loss)

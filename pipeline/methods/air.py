@@ -17,5 +17,4 @@ def air_loss(v: Views, s) -> dict:
     return {"total": out.total, **{k: getattr(out, k).detach() for k in ("cl_nat", "cl_adv", "sir", "air")}}
 
 
-METHOD = Method(name="air", label="AIR", adversarial=True, originals=True, dynaug=True,
-                loss=air_loss, summary="DynACL + adversarial invariant regularisation")
+METHOD = Method(name="air", adversarial=True, originals=True, dynaug=True, loss=air_loss)

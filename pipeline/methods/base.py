@@ -2,7 +2,7 @@
 
 Core layer (torch only). A method says which inputs one step needs and how the loss is formed
 from the projections; the step (``pipeline.train.steps``) prepares exactly those inputs and calls
-``method.loss``. Everything else (schedules, log columns, config validation, report labels) reads
+``method.loss``. Everything else (schedules, log columns, config validation, the cost model) reads
 the same record, so adding a method is one new module here plus its recipe and tests
 (docs/architecture.md "Adding a method" shows the diff).
 """
@@ -41,7 +41,6 @@ class Method:
     """A pre-training method.
 
     name: the value of ``loss.mode``.
-    label: how reports and logs name it.
     adversarial: the step attacks both views with PGD on the contrastive loss and the network
         has a second ('pgd') BN branch; False = one BN, no attack (SimCLR).
     originals: the un-augmented images are projected too (AIR's invariance terms).
@@ -52,12 +51,10 @@ class Method:
     """
 
     name: str
-    label: str
     adversarial: bool
     originals: bool
     dynaug: bool
     loss: Callable[[Views, "StepSettings"], dict[str, Tensor]]
-    summary: str = ""
 
     @property
     def views(self) -> int:

@@ -10,5 +10,4 @@ from __future__ import annotations
 from pipeline.methods.acl import acl_loss
 from pipeline.methods.base import Method
 
-METHOD = Method(name="dynacl", label="DynACL", adversarial=True, originals=False, dynaug=True,
-                loss=acl_loss, summary="ACL + dynamic augmentation")
+METHOD = Method(name="dynacl", adversarial=True, originals=False, dynaug=True, loss=acl_loss)

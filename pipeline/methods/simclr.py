@@ -11,5 +11,4 @@ def simclr_loss(v: Views, s) -> dict:
     return {"total": loss, "cl_nat": loss.detach()}
 
 
-METHOD = Method(name="simclr", label="CL", adversarial=False, originals=False, dynaug=False,
-                loss=simclr_loss, summary="SimCLR NT-Xent, natural views only")
+METHOD = Method(name="simclr", adversarial=False, originals=False, dynaug=False, loss=simclr_loss)

@@ -19,12 +19,7 @@ from pipeline.config import PretrainConfig
 from pipeline.train.optim import build_optimizer, lr_at, set_lr
 from pipeline.train.steps import PretrainForward, build_pretrain_model, pretrain_loss, step_settings
 
-__all__ = ["pretrain_in_process", "build_encoder"]
-
-
-def build_encoder(cfg: PretrainConfig) -> torch.nn.Module:
-    """The pre-training network of ``cfg`` (the Ray loop's: one BN for SimCLR)."""
-    return build_pretrain_model(cfg)
+__all__ = ["pretrain_in_process"]
 
 
 def pretrain_in_process(
@@ -34,7 +29,7 @@ def pretrain_in_process(
     subset: Optional[Callable[[int, torch.nn.Module], Optional[np.ndarray]]] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Pre-train ``build_encoder(cfg)`` on uint8 images (N, 3, H, W) -> (net, per-epoch metrics).
+    """Pre-train ``build_pretrain_model(cfg)`` on uint8 images (N, 3, H, W) -> (net, per-epoch metrics).
 
     Mirrors the Ray worker: seeded per-epoch permutation, drop_last, lr set every step from
     ``lr_at`` at fractional epoch tau = steps done / steps per epoch, non-finite losses skipped.
@@ -43,7 +38,7 @@ def pretrain_in_process(
     """
     torch.manual_seed(cfg.train.seed)
     x_all = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    net = build_encoder(cfg)
+    net = build_pretrain_model(cfg)
     if cfg.model.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg.optim, net.parameters())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig, from_dict
-from pipeline.methods import PARTS, get_method
+from pipeline.methods import PARTS
 from pipeline.train.optim import build_optimizer
 from pipeline.train.steps import (PretrainForward, StepSettings, build_pretrain_model, pretrain_loss,
                                   schedule_values, step_settings)

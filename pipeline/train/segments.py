@@ -405,7 +405,7 @@ class SegmentedRun:
     def _select(self, manifest: Manifest, ckpt: str | None, train_idx: np.ndarray, val_idx: np.ndarray,
                 epoch: int) -> tuple[np.ndarray, dict]:
         from pipeline.coreset import selection_seed
-        from pipeline.coreset.methods import SelectionRequest, get_selection_method, run_selection
+        from pipeline.coreset.methods import SelectionRequest, checked_selection, get_selection_method
 
         cfg = self.cfg
         method = get_selection_method(cfg.rcs.method)
@@ -420,7 +420,7 @@ class SegmentedRun:
             use_gpu=cfg.rcs.use_gpu, s3_endpoint=self.endpoint, allow_overlap=not cfg.data.holdout,
             num_cpus=cfg.rcs.cpus_per_task, resources=cfg.rcs.task_resources,
         )
-        idx = run_selection(method, req)
+        idx = checked_selection(method, req)
         dt = time.perf_counter() - t0
         print(f"[rcs] epoch {epoch}: {method.name} selected {len(idx)} in {dt:.2f}s", flush=True)
         return idx, {"epoch": epoch, "size": int(len(idx)), "time_s": dt, "method": method.name,

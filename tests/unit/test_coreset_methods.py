@@ -12,7 +12,7 @@ from pipeline.coreset.methods import (
     SelectionMethod,
     SelectionRequest,
     get_selection_method,
-    run_selection,
+    checked_selection,
 )
 
 
@@ -29,10 +29,10 @@ def test_registry_and_which_methods_need_the_model():
 
 def test_random_k_through_the_registry_is_exact_and_seeded():
     m = get_selection_method("random")
-    a, b = run_selection(m, _req()), run_selection(m, _req())
+    a, b = checked_selection(m, _req()), checked_selection(m, _req())
     assert len(a) == 10 and np.array_equal(a, b)  # round(0.2 * 50), same seed -> same subset
     assert np.all(np.diff(a) > 0) and a.min() >= 100 and a.max() < 150
-    assert len(run_selection(m, _req(n=7, fraction=0.5))) == 4  # round half up: 3.5 -> 4
+    assert len(checked_selection(m, _req(n=7, fraction=0.5))) == 4  # round half up: 3.5 -> 4
 
 
 @pytest.mark.parametrize("answer, why", [
@@ -43,7 +43,7 @@ def test_random_k_through_the_registry_is_exact_and_seeded():
 def test_a_method_answer_off_budget_or_off_candidates_is_refused(answer, why):
     bad = SelectionMethod("bad", needs_model=False, select=answer)
     with pytest.raises(RuntimeError, match=why):
-        run_selection(bad, _req())
+        checked_selection(bad, _req())
 
 
 def test_unknown_rcs_method_in_config_is_named():

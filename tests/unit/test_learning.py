@@ -20,7 +20,8 @@ from pipeline.data.generate import generate_images
 from pipeline.eval.robust import clean_flags, pgd_flags
 from pipeline.finetune.config import SLFConfig
 from pipeline.finetune.modes import finetune
-from pipeline.train.local import build_encoder, pretrain_in_process
+from pipeline.train.local import pretrain_in_process
+from pipeline.train.steps import build_pretrain_model
 
 SIZE = 16
 PER_CLASS, TEST_PER_CLASS = 50, 20
@@ -51,7 +52,7 @@ def _scores(mode: str, seed: int) -> dict[str, float]:
     xtr, ytr, xte, yte = _data()
     if mode == "random":
         torch.manual_seed(seed)
-        net = build_encoder(_cfg("acl", seed)).eval()
+        net = build_pretrain_model(_cfg("acl", seed)).eval()
     else:
         net, hist = pretrain_in_process(_cfg(mode, seed), xtr)
         assert np.isfinite(hist[-1]["loss"])

@@ -46,7 +46,7 @@ def test_a_method_registered_at_run_time_trains_through_the_unchanged_step(monke
         cl_adv = nt_xent_loss(v.adv_i, v.adv_j, temperature=s.temperature)
         return {"total": cl_adv, "cl_nat": cl_adv.detach() * 0, "cl_adv": cl_adv.detach()}
 
-    monkeypatch.setitem(METHODS, "advonly", Method(name="advonly", label="adv-only", adversarial=True,
+    monkeypatch.setitem(METHODS, "advonly", Method(name="advonly", adversarial=True,
                                                    originals=False, dynaug=False, loss=advonly))
     cfg = load_config(PretrainConfig, None, ["--loss.mode=advonly", "--model.width=4", "--attack.steps=1"])
     from pipeline.train.steps import build_pretrain_model
