@@ -54,6 +54,7 @@ from pipeline.errors import UserError, describe
 from pipeline.models import save_encoder
 from pipeline.train.checkpoint import STATE_FILE, TrainState, UnreadableCheckpoint, load_state
 from pipeline.train.lease import RunLease, run_time_totals
+from pipeline.train.worker import newest_complete_checkpoint
 
 
 NONFINITE_FILE = "nonfinite.json"  # written by rank 0 when the NaN guard stops a fit
@@ -169,34 +170,6 @@ def latest_checkpoint(run_dir: str, endpoint: str | None) -> str | None:
     """
     found = newest_complete_checkpoint(run_dir, endpoint)
     return found[0] if found else None
-
-
-def _checkpoint_dirs(run_dir: str, endpoint: str | None) -> list[str]:
-    loc = resolve(run_dir, s3_endpoint=endpoint)
-    try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
-    except OSError:
-        return []
-    return sorted(i.base_name for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
-
-
-def newest_complete_checkpoint(run_dir: str, endpoint: str | None,
-                               log: Callable[[str], None] = print) -> tuple[str, TrainState] | None:
-    """(uri, state) of the newest checkpoint whose ``state.pt`` loads; a cut-short copy is skipped.
-
-    A checkpoint refused for safety (not weights_only-loadable) raises ``CheckpointError``.
-    """
-    for name in reversed(_checkpoint_dirs(run_dir, endpoint)):
-        uri = join_uri(run_dir, name)
-        if not exists(resolve(join_uri(uri, STATE_FILE), s3_endpoint=endpoint)):
-            continue
-        try:
-            with ray.train.Checkpoint(uri).as_directory() as d:
-                return uri, load_state(d)
-        except UnreadableCheckpoint as e:
-            log(f"skipping incomplete checkpoint {uri}: {e}")
-    return None
 
 
 def write_metrics(run_dir: str, history: list[dict], progress: dict, endpoint: str | None) -> None:

@@ -26,21 +26,51 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
 from pipeline.config import to_dict
-from pipeline.data.storage import join_uri, resolve, write_bytes_atomic
+from pipeline.data.storage import exists, join_uri, resolve, write_bytes_atomic
 from pipeline.tblog import EpochLog
-from pipeline.train.checkpoint import TrainState, capture_rng, load_state, restore_rng, save_state
+from pipeline.train.checkpoint import (STATE_FILE, TrainState, UnreadableCheckpoint, capture_rng, load_state,
+                                       restore_rng, save_state)
 from pipeline.train.optim import lr_at, set_lr
 
 # step_fn(epoch, batch, generator) -> (loss with graph, per-batch sums (n_stats,), batch size)
 StepFn = Callable[[int, dict[str, torch.Tensor], torch.Generator], tuple[torch.Tensor, torch.Tensor, int]]
 # summarize(epoch, sums (n_stats,), n_images, train_seconds) -> metrics of this epoch
 SummarizeFn = Callable[[int, torch.Tensor, float, float], dict[str, Any]]
+
+
+def _checkpoint_dirs(run_dir: str, endpoint: str | None) -> list[str]:
+    loc = resolve(run_dir, s3_endpoint=endpoint)
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(i.base_name for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+
+
+def newest_complete_checkpoint(run_dir: str, endpoint: str | None,
+                               log: Callable[[str], None] = print) -> tuple[str, TrainState] | None:
+    """(uri, state) of the newest checkpoint whose ``state.pt`` loads; a cut-short copy is skipped.
+
+    A checkpoint refused for safety (not weights_only-loadable) raises ``CheckpointError``.
+    """
+    for name in reversed(_checkpoint_dirs(run_dir, endpoint)):
+        uri = join_uri(run_dir, name)
+        if not exists(resolve(join_uri(uri, STATE_FILE), s3_endpoint=endpoint)):
+            continue
+        try:
+            with ray.train.Checkpoint(uri).as_directory() as d:
+                return uri, load_state(d)
+        except UnreadableCheckpoint as e:
+            log(f"skipping incomplete checkpoint {uri}: {e}")
+    return None
 
 
 def steps_per_epoch(n_rows: int, world: int, batch_size: int, max_steps: int = 0) -> int:
@@ -117,21 +147,32 @@ class SegmentWorker:
             sys.stdout.flush()
 
     def restore(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        # [1] Ray's newest checkpoint of this run (after a worker failure, or a re-run of the same
-        # name), else the checkpoint the driver hands over between RCS segments.
+        # [1] the newest checkpoint of this run: Ray's (after a worker failure, or a re-run of the
+        # same name), else the checkpoint the driver hands over between RCS segments. Ray registers
+        # a reported checkpoint asynchronously: a worker killed just after report() returned leaves
+        # a persisted checkpoint that Ray's restart does not know of, so the run's storage is asked
+        # too and the newer of the two wins (never one past this segment's last epoch).
         ckpt = ray.train.get_checkpoint()
         if ckpt is None and self.seg.get("resume_path"):
             ckpt = ray.train.Checkpoint(self.seg["resume_path"])
-        if ckpt is None:
+        st, where = None, None
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                st, where = load_state(d, map_location=self.device), ckpt.path
+        stored = (newest_complete_checkpoint(self.seg["run_dir"], self.cfg.data.s3_endpoint or None, log=self.log)
+                  if self.seg.get("run_dir") else None)
+        if stored is not None and stored[1].epoch <= self.stop_epoch and (st is None or st.epoch < stored[1].epoch):
+            self.log(f"the run's storage holds epoch {stored[1].epoch}, newer than the checkpoint Ray handed "
+                     f"over ({'none' if st is None else f'epoch {st.epoch}'}): resuming from it")
+            where, st = stored
+        if st is None:
             return
-        with ckpt.as_directory() as d:
-            st = load_state(d, map_location=self.device)
         net.load_state_dict(st.model)
         optimizer.load_state_dict(st.optimizer)
         self.epoch0, self.global_step, self.history = st.epoch, st.global_step, list(st.history)
         self.restored_from = st.epoch
         restore_rng(st.rng)
-        self.log(f"resumed from epoch {st.epoch} ({ckpt.path})")
+        self.log(f"resumed from epoch {st.epoch} ({where})")
 
     def wrap(self, forward: torch.nn.Module) -> torch.nn.Module:
         """DDP over the module that runs the training passes (the attack uses the bare net)."""

@@ -144,6 +144,52 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, manifest, tmp_path):
     assert json.loads(Path(res.run_dir, "summary.json").read_text())["status"] == "finished"
 
 
+def _restore_probe(config: dict) -> None:
+    """Ray Train loop: build the pre-training net, restore it as the worker does, write what it got."""
+    from pipeline.config import from_dict
+    from pipeline.train.optim import build_optimizer
+    from pipeline.train.steps import build_pretrain_model
+    from pipeline.train.worker import SegmentWorker
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    out = []
+    for seg in config["segments"]:
+        w = SegmentWorker(cfg, seg, "probe")
+        net = build_pretrain_model(cfg)
+        w.restore(net, build_optimizer(cfg.optim, net.parameters()))
+        out.append([w.epoch0, w.restored_from, len(w.history)])
+    Path(config["out"]).write_text(json.dumps(out))
+
+
+def test_worker_takes_the_newest_stored_checkpoint_ray_did_not_register(ray_local, manifest, tmp_path):
+    """Ray registers a reported checkpoint asynchronously: a worker killed right after report()
+    returned left epoch 1 on disk but Ray restarted the group with no checkpoint, so it trained
+    from scratch (CI, stop 17). The worker now also asks the run's storage and takes the newer
+    checkpoint, never one past its segment's last epoch."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.config import to_dict
+    from pipeline.train.driver import run_pretrain
+
+    cfg = _cfg(manifest, tmp_path, "stored", "--loss.mode=acl", "--scaling.num_workers=0",
+               "--train.epochs=2", "--train.max_steps_per_epoch=1", "--train.checkpoint_every=1")
+    run_dir = run_pretrain(cfg).run_dir
+    assert Path(run_dir, "epoch_00001", "state.pt").exists() and Path(run_dir, "epoch_00002", "state.pt").exists()
+    base = {"n_rows": 144, "run_dir": run_dir}
+    segments = [
+        {**base, "stop_epoch": 3, "resume_path": None},                                # Ray lost it: epoch 2
+        {**base, "stop_epoch": 3, "resume_path": str(Path(run_dir, "epoch_00001"))},   # older hand-over: epoch 2
+        {**base, "stop_epoch": 1, "resume_path": str(Path(run_dir, "epoch_00001"))},   # 2 is past the segment
+        {**base, "stop_epoch": 3, "resume_path": None, "run_dir": str(tmp_path / "empty")},  # nothing: scratch
+    ]
+    out = tmp_path / "probe.json"
+    TorchTrainer(_restore_probe, train_loop_config={"cfg": to_dict(cfg), "segments": segments, "out": str(out)},
+                 scaling_config=ray.train.ScalingConfig(num_workers=0),
+                 run_config=ray.train.RunConfig(name="probe", storage_path=str(tmp_path / "ray"))).fit()
+    assert json.loads(out.read_text()) == [[2, 2, 2], [2, 2, 2], [1, 1, 1], [0, None, 0]]
+
+
 def test_nan_guard_keeps_last_good_checkpoint(ray_local, manifest, tmp_path):
     from pipeline.train.driver import TrainingFailed, run_pretrain
 
