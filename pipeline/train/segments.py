@@ -52,7 +52,7 @@ from pipeline.data.shards import Manifest, read_manifest, split_by_index, write_
 from pipeline.data.storage import delete, exists, join_uri, read_bytes, resolve, write_bytes_atomic
 from pipeline.errors import UserError, describe
 from pipeline.models import save_encoder
-from pipeline.train.checkpoint import STATE_FILE, TrainState, UnreadableCheckpoint, load_state
+from pipeline.train.checkpoint import TrainState, load_state
 from pipeline.train.lease import RunLease, run_time_totals
 from pipeline.train.worker import newest_complete_checkpoint
 

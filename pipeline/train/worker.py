@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -55,13 +56,23 @@ def _checkpoint_dirs(run_dir: str, endpoint: str | None) -> list[str]:
                   if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
 
 
-def newest_complete_checkpoint(run_dir: str, endpoint: str | None,
-                               log: Callable[[str], None] = print) -> tuple[str, TrainState] | None:
+def checkpoint_epoch(uri: str) -> int | None:
+    """The epoch in a checkpoint folder's name (``.../epoch_00012`` -> 12), None if it has none."""
+    m = re.fullmatch(r"epoch_(\d+)", uri.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+def newest_complete_checkpoint(run_dir: str, endpoint: str | None, log: Callable[[str], None] = print, *,
+                               newer_than: int = -1, at_most: int | None = None) -> tuple[str, TrainState] | None:
     """(uri, state) of the newest checkpoint whose ``state.pt`` loads; a cut-short copy is skipped.
 
+    Only folders whose epoch is in (newer_than, at_most] are considered (by name, before loading).
     A checkpoint refused for safety (not weights_only-loadable) raises ``CheckpointError``.
     """
     for name in reversed(_checkpoint_dirs(run_dir, endpoint)):
+        epoch = checkpoint_epoch(name)
+        if epoch is None or epoch <= newer_than or (at_most is not None and epoch > at_most):
+            continue
         uri = join_uri(run_dir, name)
         if not exists(resolve(join_uri(uri, STATE_FILE), s3_endpoint=endpoint)):
             continue
@@ -155,17 +166,19 @@ class SegmentWorker:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None and self.seg.get("resume_path"):
             ckpt = ray.train.Checkpoint(self.seg["resume_path"])
-        st, where = None, None
-        if ckpt is not None:
-            with ckpt.as_directory() as d:
-                st, where = load_state(d, map_location=self.device), ckpt.path
-        stored = (newest_complete_checkpoint(self.seg["run_dir"], self.cfg.data.s3_endpoint or None, log=self.log)
-                  if self.seg.get("run_dir") else None)
-        if stored is not None and stored[1].epoch <= self.stop_epoch and (st is None or st.epoch < stored[1].epoch):
+        known = -1 if ckpt is None else checkpoint_epoch(ckpt.path)
+        stored = None
+        if self.seg.get("run_dir") and known is not None:  # listed by name: one state is loaded
+            stored = newest_complete_checkpoint(self.seg["run_dir"], self.cfg.data.s3_endpoint or None,
+                                                log=self.log, newer_than=known, at_most=self.stop_epoch)
+        if stored is not None:
             self.log(f"the run's storage holds epoch {stored[1].epoch}, newer than the checkpoint Ray handed "
-                     f"over ({'none' if st is None else f'epoch {st.epoch}'}): resuming from it")
+                     f"over ({'none' if ckpt is None else ckpt.path}): resuming from it")
             where, st = stored
-        if st is None:
+        elif ckpt is not None:
+            with ckpt.as_directory() as d:
+                where, st = ckpt.path, load_state(d, map_location=self.device)
+        else:
             return
         net.load_state_dict(st.model)
         optimizer.load_state_dict(st.optimizer)
