@@ -1,4 +1,4 @@
-"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,scale,attack-scope,workers} [args]``.
+"""Run one benchmark: ``python -m jobs.benchmark {step,data,rcs,rcs-granularity,scale,attack-scope,workers} [args]``.
 
 Dispatches to ``pipeline.benchmarks.<name>.main(argv)`` (imported only when asked for, so the
 step benchmark runs on a GPU box without Ray). Each benchmark prints a table and writes JSON
@@ -13,6 +13,8 @@ step benchmark runs on a GPU box without Ray). Each benchmark prints a table and
     # input pipeline and RCS selection (need Ray)
     python -m jobs.benchmark data --help
     python -m jobs.benchmark rcs --smoke-test
+    # sample-level vs minibatch RCS (and random-k, full data) at equal k: time and quality (no Ray)
+    python -m jobs.benchmark rcs-granularity --seeds 1 2
     # PGD on each worker's local loss vs on the global batch (what loss.gather leaves local)
     python -m jobs.benchmark attack-scope --batch 128 --workers 1,2,4,8
     # same global batch on 1 and 2 Ray Train workers (loss.gather): loss curves side by side
@@ -32,7 +34,7 @@ import importlib.util
 import sys
 from typing import Any
 
-BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "scale", "attack-scope", "workers")
+BENCHMARKS: tuple[str, ...] = ("step", "data", "rcs", "rcs-granularity", "scale", "attack-scope", "workers")
 PACKAGE = "pipeline.benchmarks"
 
 

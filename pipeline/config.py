@@ -485,7 +485,9 @@ def check_resources(key: str, value: dict[str, float]) -> None:
 @dataclass(frozen=True)
 class RCSConfig:
     enabled: bool = False
-    method: str = "greedy"  # pipeline.coreset.methods: greedy (RCS), random (k-subset, same schedule)
+    # pipeline.coreset.methods: greedy (RCS over minibatches), greedy_sample (over single samples),
+    # random (k-subset, same schedule)
+    method: str = "greedy"
     fraction: float = 0.2  # k: coreset size / training-set size
     warmup_epochs: int = 100  # full-data epochs before the first selection
     interval: int = 20  # select every I epochs after warm-up
@@ -493,6 +495,10 @@ class RCSConfig:
     chunk_batches: int = 100  # greedy per chunk of this many minibatches (IN-32); 0 = one chunk
     lr: float = 0.01  # eta': theta' step after each pick
     compat_double_step: bool = False  # authors move theta' by 2*eta' (spec Q19)
+    sample_group: int = 0  # greedy_sample: samples picked per theta' step / q_U refresh; 0 = batch_size
+    # gains compare head gradients by: rows = mean over output rows (as released), full = the whole
+    # gradient; auto = rows for ACL, full for SAT (the rows sketch of a CE classifier is 0)
+    sketch: Literal["auto", "rows", "full"] = "auto"
     rd_loss: Literal["minmax_kl", "softmax_kl"] = "minmax_kl"  # small-scale / ImageNet RD form
     pgd_steps: int = 3  # RD-PGD steps on the validation set (small 3, IN-32 1)
     train_pgd_steps: int = 5  # PGD steps for the candidates' contrastive gradients (IN-32: 1)
@@ -516,6 +522,8 @@ class RCSConfig:
             raise ConfigError(f"rcs.interval must be >= 1, got {self.interval}")
         if self.cpus_per_task < 1:
             raise ConfigError(f"rcs.cpus_per_task must be >= 1, got {self.cpus_per_task}")
+        if self.sample_group < 0:
+            raise ConfigError(f"rcs.sample_group must be >= 0 (0 = rcs.batch_size), got {self.sample_group}")
 
 
 def resolve_rcs_gpu(cfg: Any) -> None:

@@ -13,7 +13,8 @@ never sees theta'.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,27 @@ class GreedyResult:
     gains: list[float] = field(default_factory=list)
     takes: list[int] = field(default_factory=list)
     n_q_evals: int = 0  # how many times q_U was computed (1 + picks - 1)
+
+
+def gains_f64(matrix: Tensor, q: Tensor, block: int = 256) -> Tensor:
+    """(M,) ``matrix @ q`` accumulated in float64 (so picks do not depend on summation order),
+    by blocks of rows: no float64 copy of the whole (M, D) matrix is made."""
+    q = q.detach().to(dtype=torch.float64, device=matrix.device)
+    parts = [matrix[i : i + block].detach().to(torch.float64) @ q for i in range(0, matrix.shape[0], block)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=matrix.device)
+
+
+@contextmanager
+def restored(params: Sequence[Tensor]) -> Iterator[None]:
+    """``params`` moved inside the block (the theta' steps) are put back bit-exactly after it,
+    also when something raises, so the trainer's model never sees theta'."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
 
 
 def theta_step(
@@ -101,16 +123,13 @@ def greedy_select(
     out = GreedyResult()
     if (budget is not None and budget <= 0) or (budget is None and n_picks == 0) or m == 0:
         return out
-    # Gains in float64 so that argmax (and hence the picks) do not depend on summation order.
-    sk = candidate_sketches.detach().to(dtype=torch.float64)
-    saved = [p.detach().clone() for p in params]
     remaining = np.arange(m)
     left = budget if budget is not None else None
-    try:
+    with restored(params):
         q = q_u_fn().detach()
         out.n_q_evals += 1
         while remaining.size:
-            g = (sk[torch.as_tensor(remaining, device=sk.device)] @ q.to(sk)).cpu().numpy()
+            g = gains_f64(candidate_sketches, q).cpu().numpy()[remaining]
             g = np.where(np.isnan(g), -np.inf, g)
             pos = int(np.argmax(g))
             r = int(remaining[pos])
@@ -130,8 +149,4 @@ def greedy_select(
             theta_step(params, full_grads[r], lr, compat_double_step)
             q = q_u_fn().detach()
             out.n_q_evals += 1
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
     return out

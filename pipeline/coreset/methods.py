@@ -10,12 +10,15 @@ exactly ``exact_budget(len(train_indices), fraction)`` sorted, unique indices fr
 
 - ``greedy``: RCS (spec §5): head-gradient sketches scored in parallel Ray tasks, greedy gradient
   matching against the RD loss of the validation set, with the theta' step.
+- ``greedy_sample``: sample-level RCS (``sample_level.py``): the same, with single samples as the
+  candidates (closed-form per-sample head gradients), ``rcs.sample_group`` picks per theta' step.
 - ``random``: random-k, the control: a uniform subset of the same size on the same schedule.
 Full-data training is ``rcs.enabled=false`` (no selection at all).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,6 +67,10 @@ def _greedy(r: SelectionRequest) -> np.ndarray:
     return np.asarray(res.indices, dtype=np.int64)
 
 
+def _greedy_sample(r: SelectionRequest) -> np.ndarray:
+    return _greedy(dataclasses.replace(r, spec=dataclasses.replace(r.spec, granularity="sample")))
+
+
 def _random(r: SelectionRequest) -> np.ndarray:
     from pipeline.coreset.random_k import random_coreset
 
@@ -73,6 +80,7 @@ def _random(r: SelectionRequest) -> np.ndarray:
 SELECTION_METHODS: dict[str, SelectionMethod] = {
     m.name: m for m in (
         SelectionMethod("greedy", needs_model=True, select=_greedy),
+        SelectionMethod("greedy_sample", needs_model=True, select=_greedy_sample),
         SelectionMethod("random", needs_model=False, select=_random),
     )
 }

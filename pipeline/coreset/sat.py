@@ -2,7 +2,9 @@
 
 Same plan / chunk / greedy machinery as ACL-RCS (``select.run_selection``); only the
 gradients differ:
-- scored parameters: the last linear classifier (W, b) -> sketch of feat_dim + 1 numbers;
+- scored parameters: the last linear classifier (W, b); gains compare the full gradients
+  (C x (feat_dim + 1) numbers) -- the released sketch of feat_dim + 1 numbers (mean over the
+  output rows) is identically zero for cross-entropy, ``rcs.sketch: rows`` reproduces it;
 - candidate gradient: mean CE of the classifier on a Madry PGD of the labelled minibatch with
   ``train_pgd_steps`` steps of eps * 10 / steps (authors: 1 step of 80/255 projected to
   8/255, i.e. a random-start FGSM), uniform start;
@@ -41,6 +43,11 @@ from pipeline.losses import rd_softmax_kl
 class SATScorer:
     """Classifier-head gradients of SAT-RCS (spec §5.6)."""
 
+    # The released mean-over-rows sketch of a CE classifier gradient is identically zero
+    # (sum_o (p_o - y_o) = 0, ``sketch.py``): SAT-RCS compares full gradients unless
+    # ``rcs.sketch: rows`` asks for the released form.
+    default_sketch = "full"
+
     def __init__(self, spec: SelectionSpec) -> None:
         self.spec = spec
 
@@ -57,10 +64,10 @@ class SATScorer:
     def params(self, model: nn.Module) -> list[Tensor]:
         return head_linear_params(model.head)
 
-    def train_grads(
+    def train_features(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], generator: torch.Generator
-    ) -> list[Tensor]:
-        """Mean CE of head(features(x_adv)) on one labelled minibatch."""
+    ) -> tuple[Tensor, Tensor]:
+        """(features of the Madry PGD examples (N, F), labels (N,)) of one labelled minibatch."""
         images, labels = batch
         x = as_model_input(images, model)
         y = labels.to(x.device)
@@ -69,8 +76,18 @@ class SATScorer:
                        start="uniform")
         with torch.no_grad():
             f = model.features(x_adv)
-        loss = F.cross_entropy(model.head(f), y)
-        return head_gradients(loss, self.params(model))
+        return f, y
+
+    def train_loss(self, model: nn.Module, feats: tuple[Tensor, Tensor]) -> Tensor:
+        """Mean CE of head(features(x_adv))."""
+        f, y = feats
+        return F.cross_entropy(model.head(f), y)
+
+    def train_grads(
+        self, model: nn.Module, batch: tuple[Tensor, Tensor], generator: torch.Generator
+    ) -> list[Tensor]:
+        return head_gradients(self.train_loss(model, self.train_features(model, batch, generator)),
+                              self.params(model))
 
     def _val_batch_grads(
         self, model: nn.Module, x: Tensor, generator: torch.Generator

@@ -46,8 +46,8 @@ from pipeline.coreset.sketch import (
     eval_mode,
     head_gradients,
     head_linear_params,
+    make_sketch,
     requires_grad_only,
-    sketch_from_grads,
 )
 from pipeline.data.transforms import to_float, two_views
 from pipeline.dist import unwrap
@@ -80,14 +80,25 @@ class SelectionSpec:
     temperature: float = 0.5
     strength: float = 1.0  # augmentation strength s of the current epoch (DynAug)
     val_batch_size: int = 512  # memory only: q_U is exact for any value (eval-mode BN)
+    # candidates: whole minibatches (the authors' RCS) or single samples (``sample_level.py``,
+    # set by ``rcs.method: greedy_sample``), with sample_group samples per theta' step (0: batch_size)
+    granularity: Literal["minibatch", "sample"] = "minibatch"
+    sample_group: int = 0
+    # what <q_b, q_U> compares: the mean over output rows (released, ``sketch.py``) or the full
+    # head gradient (needed by SAT-RCS, whose rows sketch is identically zero); auto: the scorer's
+    sketch: Literal["auto", "rows", "full"] = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.batch_size < 1 or self.val_batch_size < 1:
             raise ValueError("batch_size and val_batch_size must be >= 1")
-        if self.chunk_batches < 0 or self.pgd_steps < 0 or self.train_pgd_steps < 0:
-            raise ValueError("chunk_batches, pgd_steps and train_pgd_steps must be >= 0")
+        if self.chunk_batches < 0 or self.pgd_steps < 0 or self.train_pgd_steps < 0 or self.sample_group < 0:
+            raise ValueError("chunk_batches, pgd_steps, train_pgd_steps and sample_group must be >= 0")
+        if self.granularity not in ("minibatch", "sample"):
+            raise ValueError(f"granularity must be 'minibatch' or 'sample', got {self.granularity!r}")
+        if self.sketch not in ("auto", "rows", "full"):
+            raise ValueError(f"sketch must be 'auto', 'rows' or 'full', got {self.sketch!r}")
 
     @property
     def train_alpha(self) -> float:
@@ -124,6 +135,8 @@ class SelectionSpec:
             eps=attack.eps,
             temperature=loss.temperature,
             strength=strength,
+            sample_group=getattr(rcs, "sample_group", 0),
+            sketch=getattr(rcs, "sketch", "auto"),
         )
         kw.update(overrides)
         return cls(**kw)
@@ -134,6 +147,12 @@ class SelectionSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelectionSpec:
         return cls(**d)
+
+
+def resolve_sketch(spec: SelectionSpec, scorer: Any) -> Literal["rows", "full"]:
+    """``spec.sketch``, with ``auto`` -> the scorer's ``default_sketch`` (ACL: the released
+    mean-over-rows sketch; SAT: the full gradient, its rows sketch being identically zero)."""
+    return spec.sketch if spec.sketch != "auto" else getattr(scorer, "default_sketch", "rows")
 
 
 def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:
@@ -216,11 +235,24 @@ def chunk_generator(round_seed: int, chunk_id: int, device: torch.device | str) 
 class Scorer(Protocol):
     """Gradients of one RCS flavour (ACL here, SAT in ``sat.py``) w.r.t. ``params(model)``."""
 
+    default_sketch: str  # what ``rcs.sketch: auto`` means for it: "rows" or "full"
+
     def params(self, model: nn.Module) -> list[Tensor]: ...
+
+    def train_features(self, model: nn.Module, batch: Any, generator: torch.Generator) -> Any:
+        """What the head sees for one candidate minibatch (attacks done, no graph); every head
+        call of ``train_loss`` then takes rows in sample order (row r is sample r mod N)."""
+        ...
+
+    def train_loss(self, model: nn.Module, feats: Any) -> Tensor:
+        """The minibatch's training loss from ``train_features``, differentiable in the head."""
+        ...
 
     def train_grads(
         self, model: nn.Module, batch: Any, generator: torch.Generator
-    ) -> list[Tensor]: ...
+    ) -> list[Tensor]:
+        """head_gradients(train_loss(train_features(batch))): the candidate's gradient."""
+        ...
 
     def val_grads(
         self, model: nn.Module, x_val: Tensor, generator: torch.Generator
@@ -262,16 +294,18 @@ def batched_mean_grads(
 class ACLScorer:
     """ACL-RCS gradients of the projection head's linear layers (spec §5.2, §5.3, §5.5)."""
 
+    default_sketch = "rows"  # as released
+
     def __init__(self, spec: SelectionSpec) -> None:
         self.spec = spec
 
     def params(self, model: nn.Module) -> list[Tensor]:
         return head_linear_params(model.head)
 
-    def train_grads(
+    def train_features(
         self, model: nn.Module, batch: Tensor, generator: torch.Generator
-    ) -> list[Tensor]:
-        """(L_nat + L_adv) / 2 of one minibatch, mean over the 2N rows, no DynAug weight (§5.3)."""
+    ) -> tuple[Tensor, Tensor]:
+        """Encoder features (no graph) of one minibatch: natural and PGD views, (2N, F) each."""
         sp = self.spec
         x = as_model_input(batch, model)
         x_i, x_j = two_views(x, sp.strength, generator=generator)
@@ -279,19 +313,28 @@ class ACLScorer:
             model, x_i, x_j, eps=sp.eps, alpha=sp.train_alpha, steps=sp.train_pgd_steps,
             temperature=sp.temperature, bn_name="pgd", generator=generator,
         )
-        n = x_i.shape[0]
         with torch.no_grad():  # encoder frozen: only the head is differentiated
-            f_nat = model.features(torch.cat([x_i, x_j]), "normal")  # (2N, F)
+            f_nat = model.features(torch.cat([x_i, x_j]), "normal")  # (2N, F): rows s and N+s = sample s
             f_adv = model.features(torch.cat([xa_i, xa_j]), "pgd")
+        return f_nat, f_adv
+
+    def train_loss(self, model: nn.Module, feats: tuple[Tensor, Tensor]) -> Tensor:
+        """(L_nat + L_adv) / 2 of one minibatch, mean over the 2N rows, no DynAug weight (§5.3)."""
+        f_nat, f_adv = feats
+        n = f_nat.shape[0] // 2
         h_nat = model.head(f_nat, "normal")  # (2N, D)
         h_adv = model.head(f_adv, "pgd")
-        t = sp.temperature
+        t = self.spec.temperature
         rows = (nt_xent_rows(h_nat[:n], h_nat[n:], t) + nt_xent_rows(h_adv[:n], h_adv[n:], t)) / 2
-        return head_gradients(rows.mean(), self.params(model))
+        return rows.mean()
 
-    def _val_batch_grads(
-        self, model: nn.Module, x: Tensor, generator: torch.Generator
+    def train_grads(
+        self, model: nn.Module, batch: Tensor, generator: torch.Generator
     ) -> list[Tensor]:
+        return head_gradients(self.train_loss(model, self.train_features(model, batch, generator)),
+                              self.params(model))
+
+    def _val_batch_loss(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
         sp = self.spec
         x_adv = pgd_rd(
             model, x, eps=sp.eps, alpha=sp.rd_alpha, steps=sp.pgd_steps, form=sp.rd_loss,
@@ -308,7 +351,12 @@ class ACLScorer:
             # §5.5: the ImageNet code calls loss_fn(head(f_nat), head(f_adv)) for the gradient,
             # i.e. the arguments swapped w.r.t. its RD-PGD call -> KL(adv || nat). Mirrored.
             loss = rd_softmax_kl(h_nat, h_adv)
-        return head_gradients(loss, self.params(model))
+        return loss
+
+    def _val_batch_grads(
+        self, model: nn.Module, x: Tensor, generator: torch.Generator
+    ) -> list[Tensor]:
+        return head_gradients(self._val_batch_loss(model, x, generator), self.params(model))
 
     def val_grads(
         self, model: nn.Module, x_val: Tensor, generator: torch.Generator
@@ -318,6 +366,16 @@ class ACLScorer:
             lambda xb: self._val_batch_grads(model, xb, generator), x_val, self.spec.val_batch_size
         )
 
+    def val_loss(self, model: nn.Module, x_val: Tensor, generator: torch.Generator) -> float:
+        """The RD loss itself on all validation images (what q_U is the gradient of), the model
+        in eval mode as during a selection: how robust the encoder's head-space is on held-out data."""
+        n, bs, total = x_val.shape[0], self.spec.val_batch_size, 0.0
+        with eval_mode(model):
+            for s in range(0, n, bs):
+                xb = x_val[s : s + bs]
+                total += float(self._val_batch_loss(model, xb, generator).detach()) * xb.shape[0] / n
+        return total
+
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -326,7 +384,8 @@ class ACLScorer:
 
 @dataclass
 class ChunkResult:
-    """Picks of one chunk. ``batch_ids`` are global minibatch numbers of the round."""
+    """Picks of one chunk. ``batch_ids`` are global minibatch numbers of the round (empty for the
+    sample-level greedy, whose ``gains`` are per picked sample)."""
 
     chunk_id: int
     indices: np.ndarray  # global training indices taken, in pick order
@@ -419,7 +478,14 @@ def select_chunk(
         chunk: positions into ``train_indices`` per minibatch and the chunk's budget.
         fetch: global indices -> what ``scorer.train_grads`` takes (uint8 images for ACL).
         x_val: (V, 3, H, W) float validation images in [0, 1] on the model's device.
+
+    ``spec.granularity == "sample"`` runs the sample-level greedy (``sample_level.py``) instead.
     """
+    if spec.granularity == "sample":
+        from pipeline.coreset.sample_level import select_chunk_samples  # it imports this module
+
+        return select_chunk_samples(model, chunk, fetch=fetch, train_indices=train_indices, x_val=x_val,
+                                    spec=spec, scorer=scorer, round_seed=round_seed)
     t0, c0 = time.perf_counter(), time.process_time()
     train_indices = np.asarray(train_indices, dtype=np.int64)
     trivial = trivial_chunk(chunk, train_indices)
@@ -429,16 +495,24 @@ def select_chunk(
     device = _device_of(model)
     gen = chunk_generator(round_seed, chunk.chunk_id, device)
     params = scorer.params(model)
+    kind = resolve_sketch(spec, scorer)
     with eval_mode(model), requires_grad_only(params):
-        sketches, full = [], []
-        for idx in gidx:
+        sketches: Tensor | None = None
+        full: list[list[Tensor]] = []
+        for b, idx in enumerate(gidx):
             grads = scorer.train_grads(model, fetch(idx), gen)
-            sketches.append(sketch_from_grads(grads))
+            row = make_sketch(grads, kind)
+            if sketches is None:
+                sketches = row.new_empty((len(gidx), row.numel()))
+            sketches[b] = row
+            if kind == "full":  # the gradient is kept once, as views of its sketch row
+                grads = [v.view_as(g) for v, g in zip(sketches[b].split([g.numel() for g in grads]), grads)]
             full.append(grads)
+        assert sketches is not None
         res = greedy_select(
-            torch.stack(sketches),
+            sketches,
             full,
-            lambda: sketch_from_grads(scorer.val_grads(model, x_val, gen)),
+            lambda: make_sketch(scorer.val_grads(model, x_val, gen), kind),
             params=params,
             lr=spec.lr,
             compat_double_step=spec.compat_double_step,

@@ -6,12 +6,18 @@ A gradient G of shape (out, in) is compressed to its mean over dim 0 (the output
 (in,), a bias (out,) to its mean -> (1,); the pieces are concatenated in parameter order:
 1,537 numbers for the 512-d 3-layer head, 1,281 for the 640-d 2-layer head, feat_dim + 1 for
 a linear classifier. Both the candidates' q_b and the validation q_U use this sketch.
+
+``rcs.sketch: full`` uses the whole flattened gradient instead (``make_sketch``). SAT-RCS
+needs it: for a cross-entropy classifier the mean over output rows is identically zero --
+d CE / d W = (p - y) f^T and sum_o (p_o - y_o) = 0, likewise for the bias -- so the released
+sketch scores every candidate 0 (up to rounding) and the greedy picks by rounding noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +46,23 @@ def sketch_from_grads(grads: Sequence[Tensor]) -> Tensor:
     """Concatenate mean-over-output-rows of each gradient -> (D,) (spec §5.3, Q20)."""
     parts = [g.mean(dim=0).reshape(-1) for g in grads]
     return torch.cat(parts)
+
+
+def flat_grads(grads: Sequence[Tensor]) -> Tensor:
+    """The whole gradient, flattened and concatenated in parameter order -> (P,)."""
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+SketchKind = Literal["rows", "full"]
+
+
+def make_sketch(grads: Sequence[Tensor], kind: SketchKind) -> Tensor:
+    """``rows``: mean over output rows (the released form); ``full``: the flattened gradient."""
+    if kind == "rows":
+        return sketch_from_grads(grads)
+    if kind == "full":
+        return flat_grads(grads)
+    raise ValueError(f"sketch must be 'rows' or 'full', got {kind!r}")
 
 
 def sketch_dim(params: Sequence[Tensor]) -> int:

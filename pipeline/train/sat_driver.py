@@ -36,7 +36,8 @@ def selection_spec(cfg: SATConfig) -> Any:
     return SelectionSpec(
         fraction=r.fraction, batch_size=r.batch_size, chunk_batches=r.chunk_batches, lr=r.lr,
         compat_double_step=r.compat_double_step, rd_loss=r.rd_loss, pgd_steps=r.pgd_steps,
-        train_pgd_steps=r.train_pgd_steps, eps=cfg.attack.eps,
+        train_pgd_steps=r.train_pgd_steps, eps=cfg.attack.eps, sample_group=r.sample_group,
+        sketch=r.sketch,
     )
 
 

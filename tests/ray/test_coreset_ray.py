@@ -62,8 +62,8 @@ def _assert_same(a, b) -> None:
         np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("num_tasks", [0, 2])
-def test_ray_selection_equals_serial_acl(ray_local, dataset: dict, num_tasks: int) -> None:
+@pytest.mark.parametrize("num_tasks, granularity", [(0, "minibatch"), (2, "minibatch"), (2, "sample")])
+def test_ray_selection_equals_serial_acl(ray_local, dataset: dict, num_tasks: int, granularity: str) -> None:
     from pipeline.coreset.ray_tasks import select_coreset_ray
 
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def test_ray_selection_equals_serial_acl(ray_local, dataset: dict, num_tasks: in
     # k = 0.3: every chunk's budget (~19) exceeds one minibatch (16), so each greedy makes at
     # least two picks with the theta' look-ahead whatever the shard-dealt chunks hold.
     spec = SelectionSpec(fraction=0.3, batch_size=16, chunk_batches=4, train_pgd_steps=1,
-                         pgd_steps=1, lr=0.5, compat_double_step=True)
+                         pgd_steps=1, lr=0.5, compat_double_step=True, granularity=granularity)
     serial = _serial(model, dataset, spec, seed=5)
     par = select_coreset_ray(model, manifest_uri=dataset["uri"], train_indices=dataset["train"],
                              val_indices=dataset["val"], spec=spec, round_seed=5,
@@ -80,22 +80,28 @@ def test_ray_selection_equals_serial_acl(ray_local, dataset: dict, num_tasks: in
     assert len(par.indices) == exact_budget(len(dataset["train"]), 0.3)
     assert not np.isin(par.indices, dataset["val"]).any()
     # the greedy really chose (more than one pick in some chunk, with look-ahead)
-    assert max(len(p) for p in par.picks) >= 2
+    if granularity == "minibatch":
+        assert max(len(p) for p in par.picks) >= 2
+    else:  # groups of 16 samples: two theta' steps for a budget of ~19
+        assert max(c.n_q_evals for c in par.chunks) >= 2 and max(len(c.gains) for c in par.chunks) >= 17
     _assert_same(par, serial)
 
 
-def test_ray_selection_equals_serial_sat(ray_local, dataset: dict) -> None:
+@pytest.mark.parametrize("granularity", ["minibatch", "sample"])
+def test_ray_selection_equals_serial_sat(ray_local, dataset: dict, granularity: str) -> None:
     from pipeline.coreset.ray_tasks import select_coreset_ray
 
     torch.manual_seed(0)
     model = build_model("resnet18", width=4, bn_names=("normal",), head="linear", num_classes=5)
     spec = SelectionSpec(fraction=0.25, batch_size=16, chunk_batches=5, train_pgd_steps=1,
-                         pgd_steps=1, rd_loss="softmax_kl", lr=0.5)
+                         pgd_steps=1, rd_loss="softmax_kl", lr=0.5, granularity=granularity)
     serial = _serial(model, dataset, spec, seed=9, sat=True)
     par = select_coreset_ray(model, manifest_uri=dataset["uri"], train_indices=dataset["train"],
                              val_indices=dataset["val"], spec=spec, round_seed=9, kind="sat",
                              num_tasks=2)
     assert len(par.chunks) >= 2
+    # SAT's default full sketch reaches the tasks: real gains, not the rows sketch's zeros
+    assert max(abs(g) for c in par.chunks for g in c.gains) > 1e-8
     _assert_same(par, serial)
 
 

@@ -128,6 +128,28 @@ def test_resume_with_rcs_is_exact(ray_local, manifest, tmp_path):
         assert torch.equal(va, vb), k
 
 
+def test_sample_level_rcs_end_to_end(ray_local, manifest, tmp_path):
+    """``--rcs.method=greedy_sample`` through the trainer (Ray scoring tasks): exact coresets
+    on the schedule, and from the same warm-up a different coreset than minibatch RCS."""
+    from pipeline.train.driver import run_pretrain
+
+    extra = ["--loss.mode=acl", "--scaling.num_workers=0", "--train.epochs=3", "--rcs.enabled=true",
+             "--rcs.fraction=0.3", "--rcs.warmup_epochs=1", "--rcs.interval=1", "--rcs.batch_size=16",
+             "--rcs.chunk_batches=3", "--rcs.pgd_steps=1", "--rcs.train_pgd_steps=1", "--rcs.sample_group=4"]
+    runs = {m: run_pretrain(_cfg(manifest, tmp_path / m, "r", *extra, f"--rcs.method={m}"))
+            for m in ("greedy_sample", "greedy")}
+    cores = {m: [np.load(Path(r.run_dir, "coresets", f"epoch_{e:05d}.npy")) for e in (2, 3)]
+             for m, r in runs.items()}
+    for m, cs in cores.items():
+        for c in cs:
+            assert len(c) == 43 and len(np.unique(c)) == 43  # round(0.3 * 144)
+        prog = json.loads(Path(runs[m].run_dir, "progress.json").read_text())
+        assert [s["epoch"] for s in prog["selections"]] == [2, 3]
+    assert not np.array_equal(cores["greedy_sample"][0], cores["greedy"][0])
+    rows = _metrics(runs["greedy_sample"].run_dir)
+    assert [r.get("coreset_size") for r in rows][1:] == [43, 43]
+
+
 @pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint(ray_local, manifest, tmp_path):
     from pipeline.train.driver import run_pretrain

@@ -22,8 +22,8 @@ def _req(n: int = 50, fraction: float = 0.2) -> SelectionRequest:
 
 
 def test_registry_and_which_methods_need_the_model():
-    assert {m: SELECTION_METHODS[m].needs_model for m in SELECTION_METHODS} == {"greedy": True, "random": False}
-    with pytest.raises(ValueError, match="unknown coreset selection method 'craig': one of greedy, random"):
+    assert {m: SELECTION_METHODS[m].needs_model for m in SELECTION_METHODS} == {"greedy": True, "greedy_sample": True, "random": False}
+    with pytest.raises(ValueError, match="unknown coreset selection method 'craig': one of greedy, greedy_sample, random"):
         get_selection_method("craig")
 
 
@@ -47,5 +47,5 @@ def test_a_method_answer_off_budget_or_off_candidates_is_refused(answer, why):
 
 
 def test_unknown_rcs_method_in_config_is_named():
-    with pytest.raises(ConfigError, match=r"rcs.method: 'craig' is not a coreset selection method; one of \['greedy', 'random'\]"):
+    with pytest.raises(ConfigError, match=r"rcs.method: 'craig' is not a coreset selection method; one of \['greedy', 'greedy_sample', 'random'\]"):
         load_config(PretrainConfig, None, ["--rcs.method=craig"])
