@@ -45,6 +45,7 @@ ABBREVIATIONS: dict[str, str] = {
     "train.epochs": "e",
     "train.seed": "seed",
     "loss.mode": "",  # "air", "acl" are names on their own
+    "rcs.method": "",  # "greedy", "greedy_sample", "random" likewise
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+]+")

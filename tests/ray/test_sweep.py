@@ -76,6 +76,21 @@ def test_validate_grid_rejects_bad_keys_and_values():
         validate_grid(base, {"run.name": ["x"]})
 
 
+def test_grid_over_selection_methods(tmp_path):
+    """``--grid rcs.method=greedy,greedy_sample,random``: one trial per coreset method (the README's
+    comparison at scale), each a valid config; an unknown method is named before anything runs."""
+    base = _base()
+    grid = parse_grid_args(["rcs.method=greedy,greedy_sample,random"])
+    validate_grid(base, grid)
+    specs = trial_specs(grid)
+    assert [s.name for s in specs] == [BASELINE_NAME, "greedy", "greedy_sample", "random"]
+    cfgs = [trial_config(base, s, sweep_name="m", storage_path=str(tmp_path)) for s in specs[1:]]
+    assert [c.rcs.method for c in cfgs] == ["greedy", "greedy_sample", "random"]
+    assert len({c.run_name() for c in cfgs}) == 3 and all(c.rcs.enabled for c in cfgs)
+    with pytest.raises(ConfigError, match="rcs.method: 'kcenter'"):
+        validate_grid(base, parse_grid_args(["rcs.method=greedy,kcenter"]))
+
+
 def test_max_concurrent_trials_from_cluster_resources():
     # rcs.use_gpu follows scaling.use_gpu unless set (issue 12): the RCS slot then holds a GPU too
     assert resources_per_trial(_base("--scaling.use_gpu=true", "--scaling.num_workers=4"))["GPU"] == 5
