@@ -1,11 +1,11 @@
 """Sample-level vs minibatch RCS at equal k: selection time and selection quality (issue 14).
 
-    python -m jobs.benchmark rcs-granularity                      # demo recipe, seed 1 (~25 min, 2 CPUs)
-    python -m jobs.benchmark rcs-granularity --seeds 1 2 3 --out benchmarks/rcs_granularity.json
-    python -m jobs.benchmark rcs-granularity --device cuda --per-class 500
-    python -m jobs.benchmark rcs-granularity --smoke-test         # a minute: the plumbing only
+    python -m jobs.benchmark rcs-granularity                      # demo recipe, seed 1 (~10 min, 2 CPUs)
+    python -m jobs.benchmark rcs-granularity --seeds 1 2 3 --threads 2   # measured 29 min
+    python -m jobs.benchmark rcs-granularity --smoke-test         # seconds: the plumbing only
 
-In this process, without Ray (it runs on a GPU box too). The demo's pre-training recipe
+In this process, on the CPU, without Ray (``pipeline.train.local`` has no device option, so a
+GPU box runs it on its CPUs too). The demo's pre-training recipe
 (``jobs/configs/demo.yaml``: ResNet-18 w8, ACL, PGD-2, 20 epochs, RCS warm-up 8 / every 4 /
 k = 0.2) runs in-process (``pipeline.train.local``: the Ray worker's step and schedule) on the
 generated shapes, once per method, with the same seed, data, hold-out and schedule:
@@ -74,7 +74,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--sample-group", type=int, default=0, help="rcs.sample_group (0 = rcs.batch_size)")
     p.add_argument("--slf-epochs", type=int, default=8)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--out", default="benchmarks/rcs_granularity.json")
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the plumbing, learns nothing")
@@ -149,9 +148,9 @@ def run_method(method: str, cfg: PretrainConfig, data: dict[str, Any], a: argpar
     row["rd_final"] = rd(net)
     slf = SLFConfig(epochs=a.slf_epochs, batch_size=50, lr=0.1, milestones=(max(1, a.slf_epochs * 3 // 4),))
     clf, _ = finetune(net, data["train_images"], data["train_labels"], "SLF", slf, num_classes=10,
-                      seed=cfg.train.seed, device=a.device)
-    xt = data["test"].to(a.device).float() / 255
-    yt = data["test_labels"].to(a.device)
+                      seed=cfg.train.seed)
+    xt = data["test"].float() / 255
+    yt = data["test_labels"]
     row["clean_acc"] = 100 * clean_flags(clf, xt, yt).float().mean().item()
     row["pgd20_acc"] = 100 * pgd_flags(clf, xt, yt, eps=8 / 255, alpha=2 / 255, steps=20,
                                        seed=cfg.train.seed).float().mean().item()
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     warm = {}
     for r in rec["rows"]:
         warm.setdefault(r["seed"], []).append(r["rd_warmup"])
-    spread = max((max(v) - min(v)) for v in warm.values() if None not in v) if warm else 0.0
+    spread = max(((max(v) - min(v)) for v in warm.values() if None not in v), default=0.0)
     rec["parity"] = {"ok": bool(spread <= 1e-6), "warmup_rd_spread": spread}
     print(table(rec["rows"]))
     if len(a.seeds) > 1:

@@ -35,11 +35,13 @@ class GreedyResult:
     n_q_evals: int = 0  # how many times q_U was computed (1 + picks - 1)
 
 
-def gains_f64(matrix: Tensor, q: Tensor, block: int = 256) -> Tensor:
+def gains_f64(matrix: Tensor, q: Tensor, block_elems: int = 1 << 22) -> Tensor:
     """(M,) ``matrix @ q`` accumulated in float64 (so picks do not depend on summation order),
-    by blocks of rows: no float64 copy of the whole (M, D) matrix is made."""
+    by blocks of rows of at most ``block_elems`` numbers (32 MB in float64): no float64 copy of
+    the whole (M, D) matrix is made, also for full sketches of ~0.5M columns."""
     q = q.detach().to(dtype=torch.float64, device=matrix.device)
-    parts = [matrix[i : i + block].detach().to(torch.float64) @ q for i in range(0, matrix.shape[0], block)]
+    rows = max(1, block_elems // max(1, int(matrix.shape[1]) if matrix.dim() == 2 else 1))
+    parts = [matrix[i : i + rows].detach().to(torch.float64) @ q for i in range(0, matrix.shape[0], rows)]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=matrix.device)
 
 

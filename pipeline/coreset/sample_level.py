@@ -34,16 +34,19 @@ gradient of the validation set), the same theta' look-ahead, serial or in Ray ta
    one-sample minibatches (the parity test).
 
 Memory: the rows' (a_r, delta_r) of a whole chunk are kept for the theta' steps: 4 rows x
-sum over layers of (in + out) floats per ACL sample (48 KB for the 512-wide 3-layer head: a
-chunk of 20 x 512 samples holds ~0.5 GB), so it grows with ``rcs.chunk_batches`` only.
+sum over layers of (in + out) floats per ACL sample (48 KB for the 512-wide 3-layer head, 40 KB
+for the 640-wide 2-layer one): a chunk of 20 x 512 samples holds ~0.5 GB, the ImageNet-32
+recipe's 100 x 512 ~2.1 GB per scoring task. It grows with ``rcs.chunk_batches`` x
+``rcs.batch_size`` only; lower ``rcs.chunk_batches`` for sample-level RCS on small workers.
 
 Core module: torch / numpy only.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,15 +138,30 @@ class SampleGrads:
         return lambda q: gains_f64(sk, q)
 
     @staticmethod
-    def cat(parts: Sequence[SampleGrads]) -> SampleGrads:
-        """One object over the candidates of several minibatches (owners renumbered in order)."""
-        offsets = np.cumsum([0] + [p.n_samples for p in parts])
-        return SampleGrads(
-            a=[torch.cat([p.a[i] for p in parts]) for i in range(len(parts[0].a))],
-            delta=[torch.cat([p.delta[i] for p in parts]) for i in range(len(parts[0].delta))],
-            owner=torch.cat([p.owner + int(o) for p, o in zip(parts, offsets)]),
-            bias=parts[0].bias, n_samples=int(offsets[-1]),
-        )
+    def concat(parts: Iterable[SampleGrads], n_total: int) -> SampleGrads:
+        """One object over the candidates of several minibatches (owners renumbered in order),
+        filled part by part into buffers sized from the first part's rows per sample, so the
+        peak is the chunk's rows plus one minibatch's (not twice the chunk, as a torch.cat)."""
+        it = iter(parts)
+        first = next(it)
+        per = first.owner.shape[0] // first.n_samples  # rows per sample (ACL 4, SAT 1)
+        total = per * n_total
+        a = [x.new_empty((total, x.shape[1])) for x in first.a]
+        delta = [x.new_empty((total, x.shape[1])) for x in first.delta]
+        owner = first.owner.new_empty(total)
+        r0 = s0 = 0
+        for p in itertools.chain([first], it):
+            r1 = r0 + p.owner.shape[0]
+            if p.owner.shape[0] != per * p.n_samples or r1 > total:
+                raise ValueError(f"a minibatch of {p.n_samples} samples has {p.owner.shape[0]} head rows, "
+                                 f"expected {per} per sample")
+            for dst, src in zip(a + delta, p.a + p.delta):
+                dst[r0:r1] = src
+            owner[r0:r1] = p.owner + s0
+            r0, s0 = r1, s0 + p.n_samples
+        if s0 != n_total:
+            raise ValueError(f"{s0} candidate samples, expected {n_total}")
+        return SampleGrads(a, delta, owner, first.bias, n_total)
 
 
 @contextmanager
@@ -265,7 +283,8 @@ def select_chunk_samples(
     params = scorer.params(model)
     group = spec.sample_group or spec.batch_size
     with eval_mode(model), requires_grad_only(params):
-        sg = SampleGrads.cat([per_sample_grads(scorer, model, fetch(idx), gen, len(idx)) for idx in gidx])
+        sg = SampleGrads.concat((per_sample_grads(scorer, model, fetch(idx), gen, len(idx)) for idx in gidx),
+                                sum(len(idx) for idx in gidx))
         kind = resolve_sketch(spec, scorer)
 
         def q_u() -> Any:  # q_U at the current theta': the gradients themselves or their sketch

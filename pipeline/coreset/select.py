@@ -135,8 +135,8 @@ class SelectionSpec:
             eps=attack.eps,
             temperature=loss.temperature,
             strength=strength,
-            sample_group=getattr(rcs, "sample_group", 0),
-            sketch=getattr(rcs, "sketch", "auto"),
+            sample_group=rcs.sample_group,
+            sketch=rcs.sketch,
         )
         kw.update(overrides)
         return cls(**kw)
@@ -152,7 +152,7 @@ class SelectionSpec:
 def resolve_sketch(spec: SelectionSpec, scorer: Any) -> Literal["rows", "full"]:
     """``spec.sketch``, with ``auto`` -> the scorer's ``default_sketch`` (ACL: the released
     mean-over-rows sketch; SAT: the full gradient, its rows sketch being identically zero)."""
-    return spec.sketch if spec.sketch != "auto" else getattr(scorer, "default_sketch", "rows")
+    return scorer.default_sketch if spec.sketch == "auto" else spec.sketch
 
 
 def selection_epochs(epochs: int, warmup: int, interval: int) -> list[int]:

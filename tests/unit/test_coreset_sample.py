@@ -16,8 +16,9 @@ from torch import nn
 from torch.func import functional_call
 
 from pipeline.config import ConfigError, PretrainConfig, RCSConfig, load_config
+from pipeline.coreset.greedy import gains_f64
 from pipeline.coreset.plan import exact_budget, plan_selection
-from pipeline.coreset.sample_level import greedy_select_samples, per_sample_grads
+from pipeline.coreset.sample_level import SampleGrads, greedy_select_samples, per_sample_grads
 from pipeline.coreset.sat import SATScorer, select_coreset_sat
 from pipeline.coreset.select import (
     ACLScorer,
@@ -177,6 +178,32 @@ def test_acl_per_sample_gradient_is_the_share_through_its_own_rows(data: dict) -
             model.head = head
     for g, w in zip(sg.mean_grads([s]), want, strict=True):
         torch.testing.assert_close(g, n * w, rtol=0, atol=1e-10)
+
+
+def test_gains_in_float64_blocks_equal_one_float64_product() -> None:
+    m = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))  # float32
+    q = torch.randn(5, generator=torch.Generator().manual_seed(1))
+    want = m.double() @ q.double()
+    for block in (1, 5, 12, 1 << 22):  # 1 row per block, 1, 2 and all 7 rows
+        got = gains_f64(m, q, block_elems=block)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    assert gains_f64(m[:0], q).shape == (0,)
+
+
+def test_concat_equals_a_plain_cat_and_checks_the_rows(data: dict) -> None:
+    model, scorer = _model(), ACLScorer(SPEC)
+    params = scorer.params(model)
+    fetch = ArrayFetcher(data["images"], data["labels"], np.arange(N_ALL))
+    with eval_mode(model), requires_grad_only(params):
+        parts = [per_sample_grads(scorer, model, fetch(data["train"][s:s + n]), torch.Generator().manual_seed(s), n)
+                 for s, n in ((0, 6), (6, 4))]  # a full and a short last minibatch
+    sg = SampleGrads.concat(iter(parts), 10)
+    for got, want in zip(sg.a + sg.delta, [torch.cat(x) for x in zip(*[p.a + p.delta for p in parts])]):
+        assert torch.equal(got, want)
+    assert torch.equal(sg.owner, torch.cat([parts[0].owner, parts[1].owner + 6])) and sg.n_samples == 10
+    with pytest.raises(ValueError, match="expected 11"):
+        SampleGrads.concat(iter(parts), 11)
 
 
 def test_sat_per_sample_gradient_is_the_samples_own_gradient(data: dict) -> None:
